@@ -1,0 +1,180 @@
+"""Model architectures: what memory depends on, and exact parameter counts.
+
+An `Architecture` describes one decoder-only transformer as the training code sees it: the
+linear layers of one decoder block (which LoRA can target), its norms, the embeddings and the
+head. Parameter counts are exact sums over those pieces, so they equal what PyTorch reports for
+the real model (checked against transformers on the meta device in tests/test_catalog.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One linear layer inside a decoder block."""
+
+    name: str
+    """Module name as peft sees it (`q_proj`, `c_attn`, `query_key_value`, ...)."""
+    in_features: int
+    out_features: int
+    bias: bool
+    group: str
+    """`attn`, `mlp` or `router` (the MoE gate; `all-linear` leaves it out, as peft does not
+    adapt a router by default)."""
+    reads: str = "attn_in"
+    """Which activation it reads: `attn_in` (normed block input), `attn_out` (attention context),
+    `mlp_in` (normed input of the MLP) or `mlp_mid` (the MLP's hidden activation)."""
+    copies: int = 1
+    """How many instances one block holds (the experts of a mixture-of-experts layer)."""
+
+    @property
+    def params(self) -> int:
+        """Parameters of all copies."""
+        return self.copies * (self.in_features * self.out_features + (self.out_features if self.bias else 0))
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Shape of a decoder-only transformer, with what training memory depends on."""
+
+    family: str
+    """Code family (`llama`, `qwen2`, `qwen` for Qwen-1, `chatglm`, `falcon`, ...)."""
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    """Key/value heads: equal to `heads` for multi-head, fewer for GQA, 1 for MQA."""
+    head_dim: int
+    intermediate: int
+    """Width of the MLP's hidden activation (per expert for MoE)."""
+    gated_mlp: bool
+    """SwiGLU/GeGLU (gate * up) rather than a plain GeLU MLP: one more saved activation."""
+    vocab: int
+    tied_embeddings: bool
+    block: tuple[Linear, ...]
+    """Linear layers of one decoder block (dense layers; MoE experts carry `copies`)."""
+    norm: str = "rmsnorm"
+    """`rmsnorm` or `layernorm` (LayerNorm saves its fp32 input; RMSNorm an fp32 copy too)."""
+    norm_bias: bool = False
+    norms_per_layer: int = 2
+    qk_norm: bool = False
+    """Per-head RMSNorm on queries and keys (Qwen3)."""
+    head_bias: bool = False
+    """The LM head has a bias (phi-2)."""
+    experts: int = 0
+    """Routed experts per MoE layer (0 for a dense model)."""
+    experts_per_token: int = 0
+    moe_layers: int = 0
+    """How many of the layers are MoE layers (the rest use `dense_block`)."""
+    dense_block: tuple[Linear, ...] = ()
+    """Block used by the non-MoE layers of a partly-MoE model."""
+    parallel_block: bool = False
+    """Attention and MLP read the same normed input (falcon, phi-2)."""
+    max_position: int = 4096
+    final_logit_softcap: bool = False
+    """Gemma-2 squashes logits with tanh: extra vocabulary-sized tensors in the loss path."""
+    extra_params: int = 0
+    """Parameters outside the regular pieces (e.g. learned position embeddings)."""
+    lora_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, hash=False)
+    """Extra names users may type for target groups (e.g. `q_proj` for a fused `qkv_proj`)."""
+
+    # --- sizes ---------------------------------------------------------------------------
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def norm_params(self) -> int:
+        """Parameters of one norm over the hidden size."""
+        return self.hidden * (2 if self.norm_bias else 1)
+
+    def block_params(self, moe: bool = True) -> int:
+        """Parameters of one decoder block (MoE block, or the dense block of a partly-MoE model)."""
+        linears = self.block if moe or not self.dense_block else self.dense_block
+        qk = 2 * self.head_dim if self.qk_norm else 0
+        return sum(lin.params for lin in linears) + self.norms_per_layer * self.norm_params + qk
+
+    @property
+    def layer_params(self) -> tuple[int, ...]:
+        """Parameters of each decoder block, bottom to top."""
+        dense = self.layers - self.moe_layers if self.dense_block else 0
+        return (self.block_params(moe=False),) * dense + (self.block_params(),) * (self.layers - dense)
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def head_params(self) -> int:
+        """Untied LM head (0 when tied to the embeddings)."""
+        if self.tied_embeddings:
+            return self.vocab if self.head_bias else 0
+        return self.vocab * self.hidden + (self.vocab if self.head_bias else 0)
+
+    @property
+    def params(self) -> int:
+        """Exact total parameter count."""
+        return (sum(self.layer_params) + self.embedding_params + self.head_params
+                + self.norm_params + self.extra_params)
+
+    @property
+    def active_params(self) -> int:
+        """Parameters touched per token (MoE: only the routed experts)."""
+        if not self.experts:
+            return self.params
+        expert = sum(lin.params // lin.copies for lin in self.block if lin.copies > 1)
+        unused = self.moe_layers * expert * (self.experts - self.experts_per_token)
+        return self.params - unused
+
+    @property
+    def layer_linear_params(self) -> int:
+        """Parameters in the linear layers of all blocks (what 4-bit quantisation converts)."""
+        dense = self.layers - self.moe_layers if self.dense_block else 0
+        moe_lin = sum(lin.params for lin in self.block)
+        dense_lin = sum(lin.params for lin in self.dense_block)
+        return dense * dense_lin + (self.layers - dense) * moe_lin
+
+    # --- LoRA ----------------------------------------------------------------------------
+
+    def linear_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(lin.name for lin in self.block + self.dense_block))
+
+    def lora_targets(self, spec: str | tuple[str, ...]) -> tuple[Linear, ...]:
+        """The block's linears selected by `all-linear`, `attn`, `mlp` or a list of names.
+
+        Raises ValueError naming the valid module names when a name is not in this block.
+        """
+        names = _split_names(spec)
+        block = self.block
+        if names == ("all-linear",):
+            return tuple(lin for lin in block if lin.group != "router")
+        if names in (("attn",), ("mlp",)):
+            return tuple(lin for lin in block if lin.group == names[0])
+        expanded: list[str] = []
+        for name in names:
+            expanded.extend(self.lora_aliases.get(name, (name,)))
+        valid = self.linear_names()
+        unknown = [n for n in expanded if n not in valid]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)} is not a linear layer of {self.family} blocks; "
+                             f"use all-linear, attn, mlp or some of: {', '.join(valid)}")
+        return tuple(lin for lin in block if lin.name in expanded)
+
+    def lora_params(self, spec: str | tuple[str, ...], rank: int) -> int:
+        """Trainable LoRA parameters: A (r x in) and B (out x r) for every targeted linear."""
+        per_block = sum(lin.copies * rank * (lin.in_features + lin.out_features)
+                        for lin in self.lora_targets(spec))
+        return per_block * self.layers
+
+
+def _split_names(spec: str | tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(spec, str):
+        return tuple(part.strip() for part in spec.split(",") if part.strip())
+    return tuple(spec)

@@ -1,0 +1,420 @@
+"""Per-GPU memory of one training configuration, term by term.
+
+A training step has two memory peaks: right after the forward pass and the loss (every saved
+activation plus the loss buffers alive: phase `backward`), and the optimizer step (all
+gradients plus the optimizer's temporaries: phase `step`). Each `Term` says which phases it
+is alive in and which pool holds it: the PyTorch caching allocator (`allocated`), the
+allocator's cached-but-free slack (`reserved`), or memory outside PyTorch (`driver`: the CUDA
+context, NCCL buffers, paged optimizer states in unified memory). Those three pools are what
+`torch.cuda.max_memory_allocated`, `max_memory_reserved` and NVML report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from .activations import BlockActivations, Precision, block_activations
+from .arch import Architecture
+from .setup import Cluster, Setup
+
+GIB = 2**30
+MIB = 2**20
+PARTS = ("weights", "gradients", "optimizer", "activations", "logits", "overhead")
+PHASES = ("backward", "step")
+BOTH = PHASES
+
+CUDA_CONTEXT = 0.55 * GIB
+"""CUDA context + loaded kernels of torch, outside the allocator (about 500-600 MiB on CUDA 12)."""
+NCCL_BUFFERS = 0.40 * GIB
+"""NCCL communicator buffers per GPU when more than one process trains (outside the allocator)."""
+LIB_WORKSPACES = 64 * MIB
+"""cuBLAS/cuBLASLt workspaces, allocated through the caching allocator."""
+PROCESS_CPU_RAM = 2.5 * GIB
+"""Host memory of one training process before the model: Python, torch, CUDA host libraries."""
+FRAGMENTATION = 0.10
+"""Fraction of the step-scale working set (activations, loss buffers, step temporaries) the
+caching allocator keeps reserved beyond what is allocated: freed blocks of one size cannot
+always serve the next request of another size."""
+LOSS_CACHE_GROWTH = 1.5
+"""Extra reserved memory over a long run, as a multiple of the loss-path buffers. Those buffers
+are few and huge (2 or 4 bytes x vocab x tokens each) and change size with every batch length,
+so the allocator keeps segments cut for earlier batches that a later request cannot reuse. One
+step alone can strand up to 1x (HF Trainer path: 24 B/elem allocated in total for a 12 B/elem
+peak); published long unpacked runs (ms-swift benchmark, torch 2.1) show 1-3x. The allocator
+releases such cached blocks before it reports out-of-memory, so this growth does not decide fit."""
+ROUNDING_PER_TENSOR = 1 * MIB
+"""Blocks over 1 MiB are rounded up to 2 MiB multiples: about 1 MiB lost per large tensor."""
+
+
+@dataclass(frozen=True)
+class Term:
+    """One named piece of memory."""
+
+    part: str
+    name: str
+    bytes: float
+    phases: tuple[str, ...] = BOTH
+    pool: str = "allocated"
+    """`allocated`; `reserved` (allocator slack that stays); `cached` (reserved growth over a long
+    run that the allocator gives back under pressure); or `driver` (outside PyTorch)."""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Per-GPU memory of one configuration; bytes throughout."""
+
+    terms: tuple[Term, ...]
+    capacity_bytes: int
+    cpu_ram_bytes: float
+    model_states_bytes: float
+    """Weights + gradients + optimizer states held per GPU (the seed's 16A / ZeRO arithmetic)."""
+
+    def phase_total(self, phase: str, pools: Iterable[str] = ("allocated",)) -> float:
+        pools = tuple(pools)
+        return sum(t.bytes for t in self.terms if phase in t.phases and t.pool in pools)
+
+    @property
+    def peak_phase(self) -> str:
+        return max(PHASES, key=lambda ph: self.phase_total(ph, ("allocated", "reserved", "cached")))
+
+    @property
+    def peak_allocated(self) -> float:
+        return max(self.phase_total(ph) for ph in PHASES)
+
+    @property
+    def driver_bytes(self) -> float:
+        return sum(t.bytes for t in self.terms if t.pool == "driver")
+
+    @property
+    def required(self) -> float:
+        """Bytes the run cannot do without: allocated + unavoidable slack + memory outside PyTorch."""
+        return max(self.phase_total(ph, ("allocated", "reserved")) for ph in PHASES) + self.driver_bytes
+
+    @property
+    def peak_reserved(self) -> float:
+        """What torch.cuda.max_memory_reserved() reaches over a long run (never beyond the GPU)."""
+        grown = max(self.phase_total(ph, ("allocated", "reserved", "cached")) for ph in PHASES)
+        room = self.capacity_bytes - USABLE_MARGIN - self.driver_bytes
+        floor = self.required - self.driver_bytes
+        return max(floor, min(grown, room))
+
+    @property
+    def nvml_used(self) -> float:
+        return self.peak_reserved + self.driver_bytes
+
+    def part(self, name: str, phase: str | None = None) -> float:
+        """Bytes of one part at `phase` (default: the peak phase).
+
+        At the peak phase `overhead` is whatever makes the parts add up to `nvml_used`: allocator
+        slack, cache growth (as far as the GPU has room for it), the CUDA context, NCCL."""
+        phase = phase or self.peak_phase
+        named = sum(t.bytes for t in self.terms if t.part == name and phase in t.phases)
+        if name != "overhead" or phase != self.peak_phase:
+            return named
+        others = sum(self.part(p, phase) for p in PARTS if p != "overhead")
+        return self.nvml_used - others
+
+    @property
+    def fits(self) -> bool:
+        return self.required <= self.capacity_bytes - USABLE_MARGIN
+
+
+USABLE_MARGIN = 0.25 * GIB
+"""NVML's total includes memory no process can get (driver reservations, page-table overhead)."""
+
+
+# --- byte widths by precision ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Widths:
+    weight: int
+    """Stored base weights on the GPU."""
+    grad: int
+    moment: int
+    """Each optimizer moment (Adam m and v)."""
+    master: int
+    """fp32 master copy kept by the optimizer (DeepSpeed mixed precision), else 0."""
+    adapter: int
+    """LoRA adapter weights: peft keeps them in fp32 unless DeepSpeed casts the module."""
+    act: Precision
+
+
+def widths(setup: Setup) -> Widths:
+    """Byte widths of each state for the precision mode and launcher."""
+    p = setup.precision
+    if p == "fp32":
+        return Widths(4, 4, 4, 0, 4, Precision(4, 4))
+    if p == "bf16-true":
+        # HF Trainer on a bf16-loaded model: torch AdamW keeps its moments in the param dtype.
+        return Widths(2, 2, 2, 0, 2 if setup.deepspeed else 4, Precision(2, 2))
+    if setup.deepspeed:
+        # DeepSpeed mixed precision: 16-bit params and grads, fp32 master + m + v (the seed's 16A).
+        return Widths(2, 2, 4, 4, 2, Precision(2, 2))
+    # torch AMP: fp32 params, fp32 grads, fp32 moments; autocast computes in 16 bits.
+    return Widths(4, 4, 4, 0, 4, Precision(2, 4))
+
+
+# --- parameters by role ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Params:
+    total: int
+    trainable_base: int
+    """Base-model parameters that get gradients (full / freeze / LISA)."""
+    adapter: int
+    """LoRA/DoRA parameters added by peft."""
+    quantized: int
+    """Parameters stored 4-bit or 8-bit (QLoRA's linear layers)."""
+    grad_layers: int
+    """Decoder layers backward has to run through."""
+    trained_layers: int
+    """Decoder layers whose own weights are trained."""
+    head_trainable: bool
+    tensors: int
+    """Number of parameter tensors (allocator rounding)."""
+
+
+def params(arch: Architecture, setup: Setup) -> Params:
+    L = arch.layers
+    tensors = L * (2 * len(arch.block) + arch.norms_per_layer) + 3
+    top_layer = max(arch.layer_params)
+    if setup.tuner == "full":
+        return Params(arch.params, arch.params, 0, 0, L, L, True, tensors)
+    if setup.tuner == "freeze":
+        k = min(setup.trainable_layers, L)
+        trainable = sum(arch.layer_params[L - k:]) + arch.norm_params
+        return Params(arch.params, trainable, 0, 0, k, k, False, tensors)
+    if setup.tuner == "lisa":
+        # LISA (Pan et al. 2024): embeddings, LM head and final norm always train, plus gamma layers.
+        k = min(setup.lisa_layers, L)
+        trainable = arch.embedding_params + arch.head_params + arch.norm_params + k * top_layer
+        return Params(arch.params, trainable, 0, 0, L, k, True, tensors)
+    targets = arch.lora_targets(setup.lora_targets)
+    adapter = arch.lora_params(setup.lora_targets, setup.lora_rank)
+    if setup.dora:
+        adapter += L * sum(lin.out_features * lin.copies for lin in targets)  # DoRA magnitude vectors
+    quantized = arch.layer_linear_params if setup.tuner == "qlora" else 0
+    return Params(arch.params, 0, adapter, quantized, L, 0, False, tensors + 2 * L * len(targets))
+
+
+# --- the estimate ------------------------------------------------------------------------
+
+
+def estimate(arch: Architecture, setup: Setup, cluster: Cluster) -> MemoryEstimate:
+    """Per-GPU peak memory of `setup` for `arch` on `cluster`."""
+    w = widths(setup)
+    pr = params(arch, setup)
+    terms: list[Term] = []
+    terms += weight_terms(arch, setup, cluster, w, pr)
+    grads = gradient_terms(arch, setup, cluster, w, pr)
+    opt = optimizer_terms(setup, cluster, w, pr)
+    terms += grads + opt
+    terms += activation_terms(arch, setup, w, pr)
+    terms += overhead_terms(terms, setup, cluster, pr)
+    states = sum(t.bytes for t in terms if t.name in _STATE_NAMES)
+    return MemoryEstimate(tuple(terms), cluster.gpu.memory_bytes, cpu_ram(arch, setup, cluster, w, pr), states)
+
+
+_STATE_NAMES = {"model weights", "quantized linear weights", "16-bit weights (embeddings, head, norms)",
+                "LoRA adapter weights", "gradients", "adapter gradients", "optimizer moments", "fp32 master weights"}
+
+
+def _shard(setup: Setup, cluster: Cluster, stage: int) -> int:
+    """Ranks a state is split over: ZeRO stage >= `stage` shards it across the world."""
+    return cluster.world if setup.zero >= stage else 1
+
+
+def weight_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, pr: Params) -> list[Term]:
+    terms: list[Term] = []
+    on_gpu = 0 if setup.offload == "optimizer+params" else 1
+    shard = _shard(setup, cluster, 3)
+    if setup.tuner == "qlora":
+        terms += _quantized_weight_terms(arch, setup, pr)
+    else:
+        terms.append(Term("weights", "model weights", on_gpu * pr.total * w.weight / shard,
+                          source=f"{pr.total:,} params x {w.weight} B ({setup.precision}); ZeRO-3 shards over {shard}"))
+    if pr.adapter:
+        terms.append(Term("weights", "LoRA adapter weights", pr.adapter * w.adapter,
+                          source=f"r={setup.lora_rank} A and B for {setup.lora_targets}; peft stores them fp32"))
+    if setup.zero == 3:
+        # ZeRO-3 all-gathers each module's 16-bit params before use, prefetching the next one.
+        gathered = 2 * max(arch.embedding_params, arch.head_params, 2 * max(arch.layer_params))
+        terms.append(Term("weights", "ZeRO-3 gathered layers", gathered, ("backward",),
+                          source="current + prefetched block (or the embedding) in 16 bits"))
+    return terms
+
+
+def _quantized_weight_terms(arch: Architecture, setup: Setup, pr: Params) -> list[Term]:
+    if setup.quant == "nf4":
+        # bitsandbytes NF4: 4 bits + one absmax per 64-block; double quantisation stores that absmax
+        # as 8 bits with an fp32 scale per 256 blocks (Dettmers et al. 2023, QLoRA section 3).
+        per = 0.5 + ((1 + 4 / 256) / 64 if setup.double_quant else 4 / 64)
+    else:
+        per = 1.0 + 4 / arch.hidden  # LLM.int8: int8 weights + an fp32 scale per output row
+    rest = pr.total - pr.quantized
+    rest_bytes = 4 if setup.precision == "fp32" else 2  # loaded in the compute dtype, not upcast to fp32
+    return [Term("weights", "quantized linear weights", pr.quantized * per,
+                 source=f"{pr.quantized:,} linear params in {setup.quant} ({per:.4f} B each)"),
+            Term("weights", "16-bit weights (embeddings, head, norms)", rest * rest_bytes,
+                 source="embeddings, LM head and norms stay in the compute dtype"),
+            Term("weights", "dequantized weight (one layer at a time)", 2 * max(
+                lin.in_features * lin.out_features for lin in arch.block), ("backward",),
+                source="bitsandbytes dequantizes a 4-bit weight to bf16 for each matmul")]
+
+
+def gradient_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, pr: Params) -> list[Term]:
+    terms: list[Term] = []
+    phases = BOTH if setup.grads_persist else ("step",)
+    offloaded = setup.offload != "none" and setup.zero >= 2
+    shard = _shard(setup, cluster, 2)
+    if pr.trainable_base:
+        grad = 0 if offloaded else pr.trainable_base * w.grad / shard
+        terms.append(Term("gradients", "gradients", grad, phases,
+                          source=f"{pr.trainable_base:,} trainable x {w.grad} B; ZeRO-2/3 shard over {shard}"))
+        if not setup.grads_persist and pr.head_trainable:
+            terms.append(Term("gradients", "LM head gradient during backward", arch.vocab * arch.hidden * w.grad,
+                              ("backward",), source="first weight gradient produced, while activations are alive"))
+        if setup.deepspeed:
+            terms.append(Term("gradients", "ZeRO reduce bucket", 2 * 2 * arch.hidden ** 2, ("backward",),
+                              source="reduce_bucket_size=auto (hidden^2), double-buffered, 16-bit"))
+    if pr.adapter:
+        terms.append(Term("gradients", "adapter gradients", pr.adapter * w.adapter, phases,
+                          source="gradients of the LoRA weights, same dtype"))
+    return terms
+
+
+def optimizer_terms(setup: Setup, cluster: Cluster, w: Widths, pr: Params) -> list[Term]:
+    terms: list[Term] = []
+    on_cpu = setup.offload != "none"
+    shard = _shard(setup, cluster, 1)
+    base, adapter = pr.trainable_base / shard, pr.adapter / shard
+    optim = setup.optim
+    moments = {"adamw": 2, "sgd": 1}.get(optim, 0)
+    pool = "driver" if optim == "paged-adamw-8bit" else "allocated"
+    if optim in ("adamw-8bit", "paged-adamw-8bit"):
+        per = 2 + 2 * 4 / 256  # bnb 8-bit Adam: 1 byte per moment + fp32 absmax per 256-block
+        states = (base + adapter) * per
+        src = "bitsandbytes blockwise 8-bit m and v"
+        if optim == "paged-adamw-8bit":
+            src += "; paged: unified memory outside the PyTorch allocator"
+    elif optim == "adafactor":
+        # Adafactor keeps factored fp32 row/column second moments: about (rows + cols) per matrix.
+        states = (base + adapter) * 4 * 2 / 1000
+        src = "factored second moments (rows + cols per matrix, fp32)"
+    else:
+        states = base * moments * w.moment + adapter * moments * 4
+        src = f"{moments} moment(s) x {w.moment} B per trainable param"
+    if on_cpu:
+        states = 0
+    terms.append(Term("optimizer", "optimizer moments", states, pool=pool, source=src + f"; ZeRO-1+ shards over {shard}"))
+    if w.master and not on_cpu:
+        terms.append(Term("optimizer", "fp32 master weights", base * w.master,
+                          source="fp32 copy of the trainable params kept by the mixed-precision optimizer"))
+    if on_cpu:
+        return terms
+    if setup.deepspeed:
+        terms.append(Term("optimizer", "fp32 gradient partition at step", 4 * (base + adapter), ("step",),
+                          source="DeepSpeed converts the gradient partition to fp32 for the update"))
+    elif optim == "adamw":
+        # torch.optim.AdamW's default foreach path computes sqrt(v) for all params at once.
+        temp = base * w.moment + adapter * 4
+        terms.append(Term("optimizer", "AdamW foreach temporary", temp, ("step",),
+                          source="torch _multi_tensor_adamw: one params-sized tensor list for sqrt(v)"))
+    return terms
+
+
+def _blocks(arch: Architecture, setup: Setup, w: Widths, trainable: bool) -> BlockActivations:
+    adapters = arch.lora_targets(setup.lora_targets) if setup.adapters else ()
+    return block_activations(arch, trainable=trainable, adapters=adapters, lora_rank=setup.lora_rank,
+                             quantized=setup.tuner == "qlora",
+                             lora_dropout=setup.lora_dropout if setup.adapters else 0.0, dora=setup.dora,
+                             attn=setup.attn, micro_batch=setup.micro_batch, p=w.act)
+
+
+def loss_bytes_per_token(arch: Architecture, w: Widths) -> float:
+    """Peak of the logits + cross-entropy path per token (bytes), as transformers computes it.
+
+    ForCausalLMLoss: 16-bit logits (2V) -> .float() (4V) -> log_softmax (4V, kept for backward);
+    backward allocates the nll gradient (4V) and log_softmax's input gradient (4V) while the kept
+    output is alive: 12 bytes x vocab. Gemma-2's tanh soft-cap keeps two more fp32 copies.
+    """
+    per = 12.0
+    if arch.final_logit_softcap:
+        per += 8
+    return per * arch.vocab
+
+
+def activation_terms(arch: Architecture, setup: Setup, w: Widths, pr: Params) -> list[Term]:
+    T, s = setup.tokens, setup.seq_len
+    frozen = _blocks(arch, setup, w, False)
+    trained = _blocks(arch, setup, w, True)
+    n_trained, n_frozen = pr.trained_layers, pr.grad_layers - pr.trained_layers
+
+    def saved(b: BlockActivations) -> float:
+        return b.saved * T + b.saved_scores * T * s
+
+    def transient(b: BlockActivations) -> float:
+        return b.transient * T + b.transient_scores * T * s
+
+    loss = loss_bytes_per_token(arch, w) * T
+    final_norm = (4 * arch.hidden + (w.act.compute * arch.hidden if pr.head_trainable else 0)) * T
+    terms = [Term("logits", "logits and cross-entropy", loss, ("backward",),
+                  source=f"12 B x vocab {arch.vocab:,} x {T:,} tokens (fp32 log-softmax and its gradients)")]
+    widest = trained if n_trained else frozen
+    if setup.grad_ckpt:
+        inputs = pr.grad_layers * w.act.stream * arch.hidden * T
+        terms.append(Term("activations", "checkpointed block inputs", inputs + final_norm, ("backward",),
+                          source=f"{pr.grad_layers} blocks x hidden x {w.act.stream} B per token"))
+        recompute = saved(widest) + transient(widest)
+        terms.append(Term("activations", "recomputed block (beyond the loss peak)", max(0.0, recompute - loss),
+                          ("backward",), source="one block re-run in backward, with its gradients"))
+    else:
+        kept = n_trained * saved(trained) + n_frozen * saved(frozen) + final_norm
+        terms.append(Term("activations", "saved activations", kept, ("backward",),
+                          source=f"{pr.grad_layers} blocks x {widest.saved:,.0f} B/token"
+                          + (" + eager s^2 scores" if setup.attn == "eager" else "")))
+        terms.append(Term("activations", "block backward (beyond the loss peak)",
+                          max(0.0, transient(widest) - loss), ("backward",),
+                          source="gradients of the top block's activations"))
+    return terms
+
+
+def overhead_terms(terms: list[Term], setup: Setup, cluster: Cluster, pr: Params) -> list[Term]:
+    out = [Term("overhead", "library workspaces", LIB_WORKSPACES, source="cuBLAS/cuBLASLt workspaces")]
+    for phase in PHASES:
+        working = sum(t.bytes for t in terms if phase in t.phases and len(t.phases) == 1 and t.pool == "allocated")
+        out.append(Term("overhead", "allocator fragmentation", FRAGMENTATION * working, (phase,), "reserved",
+                        source="caching-allocator slack on the per-step working set"))
+    loss = sum(t.bytes for t in terms if t.part == "logits")
+    out.append(Term("overhead", "cached loss-path segments (long runs)", LOSS_CACHE_GROWTH * loss, ("backward",),
+                    "cached", source="vocab-sized blocks of earlier batch lengths kept by the allocator"))
+    states = 3 if pr.trainable_base else 1
+    out.append(Term("overhead", "allocator rounding", ROUNDING_PER_TENSOR * pr.tensors * states, pool="reserved",
+                    source="large blocks rounded to 2 MiB"))
+    out.append(Term("overhead", "CUDA context", CUDA_CONTEXT, pool="driver", source="driver + torch kernels"))
+    if cluster.world > 1:
+        out.append(Term("overhead", "NCCL buffers", NCCL_BUFFERS, pool="driver", source="communicator buffers"))
+    return out
+
+
+def cpu_ram(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, pr: Params) -> float:
+    """Host memory per node: the processes, model loading, and what offload moves to the CPU."""
+    procs = cluster.gpus_per_node
+    load_bytes = 2 if setup.precision != "fp32" else 4
+    if setup.zero == 3:
+        loading = procs * 5 * GIB  # zero.Init partitions while loading: about one checkpoint shard per rank
+    elif setup.tuner == "qlora":
+        loading = procs * 5 * GIB  # quantized shard by shard straight onto the GPU
+    else:
+        loading = procs * pr.total * load_bytes  # each rank materialises the model before moving it
+    offloaded = 0.0
+    if setup.offload != "none":
+        per_rank = (pr.trainable_base + pr.adapter) / cluster.world
+        offloaded += procs * per_rank * (12 + 4)  # fp32 master, m, v and the fp32 gradient buffer (pinned)
+        if setup.offload == "optimizer+params":
+            offloaded += procs * pr.total * 2 / cluster.world
+    return procs * PROCESS_CPU_RAM + max(loading, offloaded)

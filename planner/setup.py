@@ -1,0 +1,119 @@
+"""What is being planned: the training setup and the cluster it runs on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .gpus import GpuSpec
+
+TUNERS = ("full", "freeze", "lora", "qlora", "lisa")
+PRECISIONS = ("bf16-true", "bf16-mixed", "fp16-mixed", "fp32")
+OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "adafactor")
+OFFLOADS = ("none", "optimizer", "optimizer+params")
+ATTENTIONS = ("flash", "sdpa", "eager")
+QUANTS = ("nf4", "int8")
+
+
+class SetupError(ValueError):
+    """A setting out of range; the message names the flag."""
+
+
+def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SetupError(f"{flag} {value!r} is not one of: {', '.join(choices)}")
+
+
+def _positive(flag: str, value: int, minimum: int = 1) -> None:
+    if not isinstance(value, int) or value < minimum:
+        raise SetupError(f"{flag} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One training configuration (per-GPU micro-batch; defaults are the common SFT choices)."""
+
+    tuner: str = "lora"
+    precision: str = "bf16-true"
+    """`bf16-true`: model, grads and Adam states in bf16 (HF Trainer on a bf16-loaded model).
+    `bf16-mixed`/`fp16-mixed`: 16-bit compute with fp32 master weights and fp32 Adam states.
+    `fp32`: everything in fp32."""
+    optim: str = "adamw"
+    zero: int = 0
+    """DeepSpeed ZeRO stage; 0 is plain data parallel (DDP)."""
+    offload: str = "none"
+    micro_batch: int = 1
+    seq_len: int = 2048
+    grad_ckpt: bool = True
+    attn: str = "flash"
+    lora_rank: int = 8
+    lora_targets: str = "all-linear"
+    lora_dropout: float = 0.05
+    """p > 0 makes every adapted layer keep a dropout mask and a dropped copy of its input."""
+    dora: bool = False
+    lisa_layers: int = 2
+    """LISA: decoder layers trained at a time (gamma)."""
+    trainable_layers: int = 2
+    """freeze: the top K decoder layers are trained."""
+    quant: str = "nf4"
+    """QLoRA weight format."""
+    double_quant: bool = True
+    grad_accum: int | None = None
+    """Micro-batches per optimizer step; None plans for > 1 (gradients stay allocated between them)."""
+
+    def __post_init__(self) -> None:
+        _choice("--tuner", self.tuner, TUNERS)
+        _choice("--precision", self.precision, PRECISIONS)
+        _choice("--optim", self.optim, OPTIMIZERS)
+        _choice("--offload", self.offload, OFFLOADS)
+        _choice("--attn", self.attn, ATTENTIONS)
+        _choice("--quant", self.quant, QUANTS)
+        if self.zero not in (0, 1, 2, 3):
+            raise SetupError(f"--zero must be 0, 1, 2 or 3, got {self.zero!r}")
+        _positive("--micro-batch", self.micro_batch)
+        _positive("--seq-len", self.seq_len, 2)
+        _positive("--lora-rank", self.lora_rank)
+        _positive("--lisa-layers", self.lisa_layers)
+        _positive("--trainable-layers", self.trainable_layers)
+        if self.grad_accum is not None:
+            _positive("grad_accum", self.grad_accum)
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise SetupError(f"lora dropout must be in [0, 1), got {self.lora_dropout!r}")
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in one micro-batch."""
+        return self.micro_batch * self.seq_len
+
+    @property
+    def adapters(self) -> bool:
+        return self.tuner in ("lora", "qlora")
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.zero > 0
+
+    @property
+    def grads_persist(self) -> bool:
+        """Gradients outlive the backward pass (accumulation over several micro-batches)."""
+        return self.grad_accum is None or self.grad_accum > 1
+
+    def but(self, **changes: object) -> "Setup":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where the job runs: identical GPUs, `gpus_per_node` on each of `nodes` machines."""
+
+    gpu: GpuSpec
+    gpus_per_node: int = 1
+    nodes: int = 1
+
+    def __post_init__(self) -> None:
+        _positive("--gpus", self.gpus_per_node)
+        _positive("--nodes", self.nodes)
+
+    @property
+    def world(self) -> int:
+        return self.gpus_per_node * self.nodes

@@ -1,0 +1,121 @@
+"""Throughput: FLOPs per token, achievable speed, and communication time -> tokens/s.
+
+Compute follows the usual dense-transformer accounting (Kaplan et al. 2020; Narayanan et al.
+2021): a forward pass costs 2 FLOPs per weight per token plus the attention scores; backward
+costs twice the forward for trained weights (input and weight gradients) and once for frozen
+ones (input gradient only); checkpointing re-runs the forward of every checkpointed block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .arch import Architecture
+from .memory import Params, params
+from .setup import Cluster, Setup
+
+MFU = {"flash": 0.45, "sdpa": 0.40, "eager": 0.30}
+"""Fraction of peak tensor-core speed HF Trainer runs reach on large matmuls (typical 7B SFT)."""
+QUANT_SLOWDOWN = {"nf4": 0.65, "int8": 0.45}
+"""bitsandbytes dequantizes every 4/8-bit weight before each matmul: measured QLoRA runs are slower."""
+COMM_OVERLAP = 0.5
+"""Share of gradient communication hidden behind backward compute (DDP/ZeRO bucketing)."""
+PCIE_HOST_GBPS = 20.0
+CPU_ADAM_PARAMS_PER_S = 1.5e9
+"""DeepSpeedCPUAdam updates about this many parameters per second per rank (AVX2/AVX-512)."""
+
+
+@dataclass(frozen=True)
+class Throughput:
+    flops_per_token: float
+    compute_s: float
+    """Seconds of compute per micro-batch on one GPU."""
+    comm_s: float
+    """Seconds per micro-batch of communication left after overlap (amortised over accumulation)."""
+    offload_s: float
+    tokens_per_s: float
+    """Whole-cluster training tokens per second."""
+    mfu: float
+
+    @property
+    def tokens_per_s_per_gpu(self) -> float:
+        return self.tokens_per_s
+
+
+def flops_per_token(arch: Architecture, setup: Setup, pr: Params) -> float:
+    """Training FLOPs per token: forward, backward and recomputation."""
+    s = setup.seq_len
+    active = arch.active_params - arch.embedding_params + (0 if arch.head_params else arch.embedding_params)
+    layer_active = (active - arch.head_params - (arch.embedding_params if arch.tied_embeddings else 0)) / arch.layers
+    head = 2 * arch.vocab * arch.hidden
+    causal = 0.5 if setup.attn != "eager" else 1.0
+    attn = 2 * 2 * s * arch.q_dim * causal  # QK^T and PV per token per layer
+    fwd_layer = 2 * layer_active + attn
+    trained, grad_layers = pr.trained_layers, pr.grad_layers
+    frozen = grad_layers - trained
+    fwd = arch.layers * fwd_layer + head
+    bwd = trained * 2 * fwd_layer + frozen * (fwd_layer + (attn if True else 0)) + head * (2 if pr.head_trainable else 1)
+    if pr.adapter:
+        bwd += 6 * pr.adapter  # adapters: forward + both gradients, 2 FLOPs each
+    recompute = grad_layers * fwd_layer if setup.grad_ckpt else 0
+    return fwd + bwd + recompute
+
+
+def estimate_throughput(arch: Architecture, setup: Setup, cluster: Cluster, global_batch: int | None = None) -> Throughput:
+    """Tokens per second for the whole cluster."""
+    pr = params(arch, setup)
+    gpu = cluster.gpu
+    fpt = flops_per_token(arch, setup, pr)
+    peak = (gpu.tflops_fp32 if setup.precision == "fp32" else gpu.tflops_16bit) * 1e12
+    tokens = setup.tokens
+    mfu = MFU[setup.attn] * tokens / (tokens + 512)  # short micro-batches underfill the GPU
+    if setup.tuner == "qlora":
+        mfu *= QUANT_SLOWDOWN[setup.quant]
+    compute = fpt * tokens / (peak * mfu)
+    accum = setup.grad_accum or max(1, (global_batch or 64) // (setup.micro_batch * cluster.world))
+    comm = _comm_seconds(arch, setup, cluster, pr, accum)
+    hidden = COMM_OVERLAP * compute
+    comm_left = max(0.0, comm - hidden)
+    offload = _offload_seconds(setup, cluster, pr) / accum
+    step = compute + comm_left + offload
+    return Throughput(fpt, compute, comm_left, offload, tokens * cluster.world / step, mfu)
+
+
+def _bandwidth(cluster: Cluster) -> float:
+    gbps = cluster.gpu.intra_node_gbps if cluster.nodes == 1 else min(cluster.gpu.intra_node_gbps,
+                                                                      cluster.gpu.inter_node_gbps)
+    return gbps * 1e9
+
+
+def _comm_seconds(arch: Architecture, setup: Setup, cluster: Cluster, pr: Params, accum: int) -> float:
+    """Communication per micro-batch: gradient sync once per step, ZeRO-3 gathers every pass."""
+    n = cluster.world
+    if n == 1:
+        return 0.0
+    ring = 2 * (n - 1) / n
+    trainable = pr.trainable_base + pr.adapter
+    grad_bytes = trainable * (2 if setup.precision != "fp32" else 4)
+    per_step = ring * grad_bytes / _bandwidth(cluster)
+    per_micro = 0.0
+    if setup.zero == 3:
+        gathers = 3 if setup.grad_ckpt else 2  # forward, backward (and the recompute)
+        per_micro = gathers * (n - 1) / n * arch.params * 2 / _bandwidth(cluster)
+    return per_micro + per_step / accum
+
+
+def _offload_seconds(setup: Setup, cluster: Cluster, pr: Params) -> float:
+    """Per optimizer step: gradients to the host, the CPU Adam update, weights back."""
+    if setup.offload == "none":
+        return 0.0
+    shard = (pr.trainable_base + pr.adapter) / cluster.world
+    traffic = shard * (4 + 2) / (PCIE_HOST_GBPS * 1e9)
+    update = shard / CPU_ADAM_PARAMS_PER_S
+    params_traffic = 0.0
+    if setup.offload == "optimizer+params":
+        params_traffic = 3 * pr.total * 2 / cluster.world / (PCIE_HOST_GBPS * 1e9)
+    return traffic + update + params_traffic
+
+
+def epoch_seconds(tput: Throughput, dataset_tokens: int) -> float:
+    """Time to train on `dataset_tokens` tokens once."""
+    return dataset_tokens / tput.tokens_per_s
