@@ -153,6 +153,9 @@ def widths(setup: Setup) -> Widths:
     if setup.deepspeed:
         # DeepSpeed mixed precision: 16-bit params and grads, fp32 master + m + v (the seed's 16A).
         return Widths(2, 2, 4, 4, 2, Precision(2, 2))
+    if setup.adapters:
+        # Adapters under autocast: the frozen base stays 16-bit, peft keeps the adapters in fp32.
+        return Widths(2, 4, 4, 0, 4, Precision(2, 2))
     # torch AMP: fp32 params, fp32 grads, fp32 moments; autocast computes in 16 bits.
     return Widths(4, 4, 4, 0, 4, Precision(2, 4))
 
@@ -312,7 +315,7 @@ def optimizer_terms(setup: Setup, cluster: Cluster, w: Widths, pr: Params) -> li
         states = 0
     terms.append(Term("optimizer", "optimizer moments", states, pool=pool, source=src + f"; ZeRO-1+ shards over {shard}"))
     if w.master and not on_cpu:
-        terms.append(Term("optimizer", "fp32 master weights", base * w.master,
+        terms.append(Term("optimizer", "fp32 master weights", (base + adapter) * w.master,
                           source="fp32 copy of the trainable params kept by the mixed-precision optimizer"))
     if on_cpu:
         return terms

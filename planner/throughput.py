@@ -16,6 +16,9 @@ from .setup import Cluster, Setup
 
 MFU = {"flash": 0.45, "sdpa": 0.40, "eager": 0.30}
 """Fraction of peak tensor-core speed HF Trainer runs reach on large matmuls (typical 7B SFT)."""
+ZERO3_EFFICIENCY = 0.85
+"""ZeRO-3 gathers every layer's weights before use: kernel launches and waits that bucketing
+cannot fully hide (the seed ranks speed ZeRO-1 > ZeRO-2 > ZeRO-3)."""
 QUANT_SLOWDOWN = {"nf4": 0.65, "int8": 0.45}
 """bitsandbytes dequantizes every 4/8-bit weight before each matmul: measured QLoRA runs are slower."""
 COMM_OVERLAP = 0.5
@@ -71,6 +74,8 @@ def estimate_throughput(arch: Architecture, setup: Setup, cluster: Cluster, glob
     mfu = MFU[setup.attn] * tokens / (tokens + 512)  # short micro-batches underfill the GPU
     if setup.tuner == "qlora":
         mfu *= QUANT_SLOWDOWN[setup.quant]
+    if setup.zero == 3:
+        mfu *= ZERO3_EFFICIENCY
     compute = fpt * tokens / (peak * mfu)
     accum = setup.grad_accum or max(1, (global_batch or 64) // (setup.micro_batch * cluster.world))
     comm = _comm_seconds(arch, setup, cluster, pr, accum)

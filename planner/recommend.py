@@ -1,0 +1,281 @@
+"""What should I run? Search every tuner x ZeRO stage x offload x checkpointing x micro-batch,
+keep what fits with headroom, rank by expected quality then speed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from itertools import product
+
+from .arch import Architecture
+from .memory import MemoryEstimate, estimate, USABLE_MARGIN
+from .rules import Refusal, refusals
+from .setup import Cluster, Setup
+from .throughput import Throughput, estimate_throughput
+
+QUALITY = ("full", "lisa", "lora", "qlora", "freeze")
+"""Expected quality, best first. Seeds 000 and 003: full fine-tuning reaches the lowest loss; LISA
+comes close at a third of the memory; LoRA trails on harder tasks (maths); QLoRA adds
+quantisation error; training only the top layers adapts least."""
+HEADROOM = 0.08
+"""Recommended setups keep this share of GPU memory free (allocator variance, longer samples)."""
+MAX_MICRO_BATCH = 64
+LEARNING_RATES = {"full": 2e-5, "lisa": 5e-5, "freeze": 5e-5, "lora": 1e-4, "qlora": 1e-4}
+"""Starting learning rates (seed 000: full 5e-5..1e-5, LoRA somewhat higher; seed 003: LoRA 1e-4,
+lower it to 3e-5 if the loss spikes; seed 001: FastChat full fine-tuning at 2e-5)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    setup: Setup
+    memory: MemoryEstimate
+    throughput: Throughput
+    refusal: Refusal | None = None
+
+    @property
+    def fits(self) -> bool:
+        """Fits with the recommender's headroom."""
+        return self.refusal is None and fits_with_headroom(self.memory)
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """The best variant found for one tuner x ZeRO stage, and why it was not chosen."""
+
+    tuner: str
+    zero: int
+    candidate: Candidate | None
+    fits: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    chosen: Candidate | None
+    reasons: tuple[str, ...]
+    alternatives: tuple[Alternative, ...]
+    grad_accum: int
+    global_batch: int
+    learning_rate: float | None
+
+
+def fits_with_headroom(mem: MemoryEstimate) -> bool:
+    return mem.required <= (mem.capacity_bytes - USABLE_MARGIN) * (1 - HEADROOM)
+
+
+def evaluate(arch: Architecture, setup: Setup, cluster: Cluster) -> Candidate:
+    refused = refusals(arch, setup, cluster)
+    return Candidate(setup, estimate(arch, setup, cluster), estimate_throughput(arch, setup, cluster),
+                     refused[0] if refused else None)
+
+
+def largest_fitting(low: int, high: int, fits) -> int:
+    """Largest n in [low, high] with fits(n), assuming fits is monotone; low - 1 if none."""
+    if not fits(low):
+        return low - 1
+    n = low
+    while n * 2 <= high and fits(n * 2):
+        n *= 2
+    lo, hi = n, min(high, n * 2)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def max_micro_batch(arch: Architecture, setup: Setup, cluster: Cluster, limit: int = 4096) -> int:
+    """Largest micro-batch that fits (0 when even one sequence does not)."""
+    return largest_fitting(1, limit, lambda b: estimate(arch, setup.but(micro_batch=b), cluster).fits)
+
+
+def max_seq_len(arch: Architecture, setup: Setup, cluster: Cluster, limit: int = 1 << 20) -> int:
+    """Longest sequence that fits at this micro-batch (0 when none does)."""
+    n = largest_fitting(2, limit, lambda s: estimate(arch, setup.but(seq_len=s), cluster).fits)
+    return max(n, 0)
+
+
+def _variants(base: Setup, cluster: Cluster, tuner: str, zero: int, fixed: frozenset[str]) -> list[Setup]:
+    """Setups to try for one tuner x ZeRO stage; fields named in `fixed` keep the value in `base`."""
+    gpu = cluster.gpu
+    if "precision" in fixed:
+        precisions = [base.precision]
+    elif zero > 0:
+        precisions = ["bf16-mixed"] if gpu.bf16 else ["fp16-mixed"]  # DeepSpeed's only 16-bit mode
+    elif tuner in ("lora", "qlora"):
+        precisions = ["bf16-true"] if gpu.bf16 else ["fp16-mixed"]
+    else:
+        precisions = ["bf16-mixed", "bf16-true"] if gpu.bf16 else ["fp16-mixed"]
+    if "offload" in fixed:
+        offloads = [base.offload]
+    else:
+        offloads = ["none"] + (["optimizer"] if zero >= 1 else []) + (["optimizer+params"] if zero == 3 else [])
+    ckpts = [base.grad_ckpt] if "grad_ckpt" in fixed else [False, True]
+    attn = base.attn if "attn" in fixed or base.attn != "flash" or gpu.flash_attention else "sdpa"
+    mb = base.micro_batch if "micro_batch" in fixed else 1
+    optim = base.optim if "optim" in fixed else "adamw"
+    return [base.but(tuner=tuner, zero=zero, precision=precision, offload=offload, grad_ckpt=ckpt,
+                     attn=attn, micro_batch=mb, optim=optim)
+            for precision, offload, ckpt in product(precisions, offloads, ckpts)]
+
+
+def _divisor_at_most(n: int, cap: int) -> int:
+    """Largest divisor of n that is <= cap (so micro-batches split the per-GPU batch evenly)."""
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
+def _best_variant(arch: Architecture, base: Setup, cluster: Cluster, tuner: str, zero: int,
+                  mb_cap: int, fixed: frozenset[str]) -> tuple[Candidate | None, Candidate | None]:
+    """(best fitting candidate, smallest non-fitting one) for one tuner x ZeRO stage."""
+    per_gpu = mb_cap
+    best: Candidate | None = None
+    smallest: Candidate | None = None
+    for setup in _variants(base, cluster, tuner, zero, fixed):
+        first = evaluate(arch, setup, cluster)
+        if first.refusal is not None:
+            smallest = smallest or first
+            continue
+        if not first.fits:
+            if smallest is None or smallest.refusal or first.memory.required < smallest.memory.required:
+                smallest = first
+            continue
+        if "micro_batch" in fixed:
+            cand = first
+        else:
+            mb = largest_fitting(1, mb_cap, lambda b: fits_with_headroom(estimate(arch, setup.but(micro_batch=b), cluster)))
+            cand = evaluate(arch, setup.but(micro_batch=_divisor_at_most(per_gpu, mb)), cluster)
+        if best is None or (OFFLOAD_RANK[cand.setup.offload], not _faster(cand, best)) < (OFFLOAD_RANK[best.setup.offload], False):
+            best = cand
+    return best, smallest
+
+
+OFFLOAD_RANK = {"none": 0, "optimizer": 1, "optimizer+params": 2}
+"""Seed 004: offload trades a lot of time for memory and is not recommended while something else
+fits; go at most to ZeRO-2 + optimizer offload before parameter offload."""
+
+
+def _choose(fitting: list[Candidate]) -> Candidate | None:
+    """Least offload first, then the best-quality tuner, then the fastest (simplest when close)."""
+    chosen: Candidate | None = None
+    for cand in sorted(fitting, key=lambda c: (OFFLOAD_RANK[c.setup.offload], QUALITY.index(c.setup.tuner))):
+        if chosen is not None and (cand.setup.tuner, cand.setup.offload) != (chosen.setup.tuner, chosen.setup.offload):
+            break
+        if chosen is None or _faster(cand, chosen):
+            chosen = cand
+    return chosen
+
+
+def _faster(a: Candidate, b: Candidate) -> bool:
+    """Speed first; within 3% prefer the simpler setup (no offload, lower ZeRO stage), then fp32
+    master weights (more robust numerics)."""
+    ta, tb = a.throughput.tokens_per_s, b.throughput.tokens_per_s
+    if abs(ta - tb) > 0.03 * max(ta, tb):
+        return ta > tb
+    simpler = lambda c: (c.setup.offload != "none", c.setup.zero)  # noqa: E731
+    if simpler(a) != simpler(b):
+        return simpler(a) < simpler(b)
+    return a.setup.precision.endswith("mixed") and not b.setup.precision.endswith("mixed")
+
+
+def recommend(arch: Architecture, base: Setup, cluster: Cluster, global_batch: int = 64,
+              tuners: tuple[str, ...] = QUALITY, fixed: frozenset[str] = frozenset()) -> Recommendation:
+    """Try every tuner x ZeRO stage (with offload, checkpointing and micro-batch searched inside).
+
+    `base` carries the sequence length and the LoRA/LISA/freeze knobs; fields named in `fixed`
+    (precision, optim, zero, offload, grad_ckpt, attn, micro_batch) are not searched.
+    """
+    mb_cap = max(1, min(MAX_MICRO_BATCH, global_batch // cluster.world or 1))
+    stages = (base.zero,) if "zero" in fixed else (0, 1, 2, 3)
+    rows: list[tuple[str, int, Candidate | None, Candidate | None]] = []
+    for tuner, zero in product(tuners, stages):
+        best, smallest = _best_variant(arch, base, cluster, tuner, zero, mb_cap, fixed)
+        rows.append((tuner, zero, best, smallest))
+    chosen = _choose([r[2] for r in rows if r[2] is not None])
+    alternatives = tuple(_alternative(r, chosen) for r in rows)
+    if chosen is None:
+        return Recommendation(None, (_nothing_fits(arch, cluster, rows),), alternatives, 1, global_batch, None)
+    accum = max(1, math.ceil(global_batch / (chosen.setup.micro_batch * cluster.world)))
+    chosen = replace(chosen, setup=chosen.setup.but(grad_accum=accum))
+    reasons = _reasons(chosen, cluster, rows, accum, global_batch)
+    return Recommendation(chosen, reasons, alternatives, accum, accum * chosen.setup.micro_batch * cluster.world,
+                          LEARNING_RATES[chosen.setup.tuner])
+
+
+def _gib(x: float) -> str:
+    return f"{x / 2**30:.1f} GiB"
+
+
+def _describe(s: Setup) -> str:
+    parts = [s.tuner, f"ZeRO-{s.zero}" if s.zero else "DDP", s.precision]
+    if s.offload != "none":
+        parts.append(f"offload {s.offload}")
+    parts.append("grad-ckpt" if s.grad_ckpt else "no grad-ckpt")
+    parts.append(f"micro-batch {s.micro_batch}")
+    return ", ".join(parts)
+
+
+def _alternative(row: tuple[str, int, Candidate | None, Candidate | None], chosen: Candidate | None) -> Alternative:
+    tuner, zero, best, smallest = row
+    if best is not None:
+        if chosen is not None and best.setup.tuner == chosen.setup.tuner and best.setup.zero == chosen.setup.zero:
+            return Alternative(tuner, zero, best, True, "chosen")
+        if chosen is not None and QUALITY.index(tuner) > QUALITY.index(chosen.setup.tuner):
+            why = f"fits, but {tuner} is expected to train worse than {chosen.setup.tuner}"
+        else:
+            why = (f"fits, but slower: {best.throughput.tokens_per_s:,.0f} vs "
+                   f"{chosen.throughput.tokens_per_s:,.0f} tokens/s" if chosen else "fits")
+        return Alternative(tuner, zero, best, True, why)
+    if smallest is None:
+        return Alternative(tuner, zero, None, False, "no variant to try")
+    if smallest.refusal is not None:
+        return Alternative(tuner, zero, smallest, False, f"refused: {smallest.refusal.reason}")
+    need, cap = smallest.memory.required, smallest.memory.capacity_bytes
+    return Alternative(tuner, zero, smallest, False,
+                       f"does not fit: needs {_gib(need)} per GPU even with {_describe(smallest.setup)}; "
+                       f"{_gib(cap)} available")
+
+
+def _reasons(chosen: Candidate, cluster: Cluster, rows, accum: int, global_batch: int) -> tuple[str, ...]:
+    s, mem = chosen.setup, chosen.memory
+    reasons = [f"{_describe(s)} fits: {_gib(mem.required)} of {_gib(mem.capacity_bytes)} per GPU "
+               f"({HEADROOM:.0%} kept free)"]
+    better = [t for t in QUALITY[:QUALITY.index(s.tuner)]]
+    offloaded = sorted({r[0] for r in rows if r[2] is not None and r[2].setup.offload != "none"
+                        and r[0] in better})
+    if better:
+        reasons.append(f"{', '.join(b for b in better if b not in offloaded) or 'nothing better'} "
+                       f"{'does' if len(better) - len(offloaded) == 1 else 'do'} not fit on {cluster.world} x "
+                       f"{cluster.gpu.name}; {s.tuner} is the best-quality tuner that does "
+                       "(full > LISA > LoRA > QLoRA)")
+        if offloaded:
+            reasons.append(f"{', '.join(offloaded)} would fit only with CPU offload, which trades much speed "
+                           "and host RAM for memory (seed 004 advises against it while something else fits)")
+    else:
+        reasons.append("full fine-tuning fits, and it reaches the lowest loss (seed 000; seed 003 on LoRA's gap)")
+    if s.offload != "none":
+        reasons.append(f"nothing fits without CPU offload; it needs about {mem.cpu_ram_bytes / 2**30:.0f} GiB "
+                       "of host RAM per node")
+    same = [r for r in rows if r[0] == s.tuner and r[2] is not None and r[1] != s.zero]
+    if same and cluster.world > 1:
+        stage = f"ZeRO-{s.zero}" if s.zero else "plain data parallel (no ZeRO)"
+        reasons.append(f"{stage} is the fastest stage that fits: {chosen.throughput.tokens_per_s:,.0f} tokens/s")
+    else:
+        reasons.append(f"expected speed {chosen.throughput.tokens_per_s:,.0f} tokens/s")
+    reasons.append(f"gradient accumulation {accum} gives a global batch of "
+                   f"{accum * s.micro_batch * cluster.world} sequences (target {global_batch})")
+    lr = LEARNING_RATES[s.tuner]
+    note = "; drop to 3e-5 if the loss spikes (seed 003)" if s.adapters else ""
+    reasons.append(f"learning rate {lr:g} to start with{note}")
+    return tuple(reasons)
+
+
+def _nothing_fits(arch: Architecture, cluster: Cluster, rows) -> str:
+    smallest = min((r[3] for r in rows if r[3] is not None and r[3].refusal is None),
+                   key=lambda c: c.memory.required, default=None)
+    if smallest is None:
+        return "nothing fits, and no setup could be evaluated"
+    return (f"nothing fits on {cluster.world} x {cluster.gpu.name}: the smallest setup "
+            f"({_describe(smallest.setup)}) needs {_gib(smallest.memory.required)} per GPU. "
+            "Use more or larger GPUs, a shorter --seq-len, or a smaller model")

@@ -1,0 +1,151 @@
+"""`ftui plan`: a dry-run memory and throughput plan."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from planner import Cluster, Setup, SetupError, UnknownModel, generic_gpu, gpu_spec, make_plan, resolve_model
+from planner.catalog import entries
+from planner.dataset_stats import DatasetError, dataset_stats
+from planner.gpus import GPUS, GpuSpec, match_nvml_name
+from planner.setup import ATTENTIONS, OFFLOADS, OPTIMIZERS, PRECISIONS, QUANTS, TUNERS
+from runner.nvml import NoGpu, local_gpus
+
+from . import plan_view
+from .errors import CliError
+
+EPILOG = """examples:
+  ftui plan --model 7b --gpus 8 --gpu a100-80g          what should I run on 8 A100s?
+  ftui plan --model qwen2.5-7b --gpu rtx4090 --tuner qlora --seq-len 4096
+  ftui plan --model llama-3.1-8b --gpu h100 --gpus 8 --tuner full --zero 3 --micro-batch 4 --json
+  ftui plan --model ./my-model/config.json --gpu-mem 48 --dataset data/train.jsonl
+  ftui plan --list-models
+"""
+
+SEARCHED = ("precision", "optim", "zero", "offload", "grad_ckpt", "attn", "micro_batch")
+"""Flags the recommender searches unless the user fixes them."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="dry-run memory and throughput plan", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Per-GPU memory breakdown, fit limits and speed for a fine-tuning setup; "
+                                   "without --tuner, the recommended setup and every alternative.")
+    p.add_argument("--model", metavar="NAME|PATH", help="catalog name, size (7b), HF id, model dir or config.json")
+    p.add_argument("--list-models", action="store_true", help="list the model catalog and exit")
+    p.add_argument("--gpus", type=_positive_int, metavar="N", help="GPUs per node (default: the local GPUs, else 1)")
+    p.add_argument("--nodes", type=_positive_int, default=1, metavar="K", help="number of nodes (default 1)")
+    gpu = p.add_mutually_exclusive_group()
+    gpu.add_argument("--gpu", metavar="TYPE", help="GPU type, e.g. a100-80g, h100-80g, l40s, rtx4090, a10g, t4")
+    gpu.add_argument("--gpu-mem", type=_positive_float, metavar="GIB", help="GPU memory in GiB (unknown GPU type)")
+    p.add_argument("--tuner", choices=TUNERS, help="evaluate this tuner (omit to get a recommendation)")
+    p.add_argument("--precision", choices=PRECISIONS)
+    p.add_argument("--optim", choices=OPTIMIZERS)
+    p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), help="DeepSpeed ZeRO stage (0 = plain DDP)")
+    p.add_argument("--offload", choices=OFFLOADS)
+    p.add_argument("--micro-batch", type=_positive_int, metavar="B", help="sequences per GPU per step (default 1)")
+    p.add_argument("--seq-len", type=_positive_int, metavar="L", help="tokens per sequence (default 2048)")
+    p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
+                   help="gradient checkpointing (default on)")
+    p.add_argument("--attn", choices=ATTENTIONS, help="attention kernel (default flash where supported)")
+    p.add_argument("--lora-rank", type=_positive_int, metavar="R", default=8)
+    p.add_argument("--lora-targets", default="all-linear", metavar="SPEC",
+                   help="all-linear, attn, mlp or module names like q_proj,v_proj")
+    p.add_argument("--lisa-layers", type=_positive_int, default=2, metavar="K")
+    p.add_argument("--trainable-layers", type=_positive_int, default=2, metavar="K", help="freeze: top K layers train")
+    p.add_argument("--quant", choices=QUANTS, default="nf4", help="QLoRA weight format (default nf4)")
+    p.add_argument("--global-batch", type=_positive_int, default=64, metavar="N",
+                   help="target sequences per optimizer step, for gradient accumulation (default 64)")
+    p.add_argument("--dataset", metavar="PATH", help="data file whose token lengths set --seq-len and epoch time")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def resolve_cluster(args: argparse.Namespace) -> tuple[Cluster, str]:
+    """The GPUs to plan for: --gpu / --gpu-mem, else what NVML sees here."""
+    if args.gpu:
+        try:
+            spec = gpu_spec(args.gpu)
+        except ValueError as err:
+            raise CliError(f"--gpu: {err}") from None
+        return Cluster(spec, args.gpus or 1, args.nodes), "--gpu"
+    if args.gpu_mem:
+        return Cluster(generic_gpu(args.gpu_mem), args.gpus or 1, args.nodes), "--gpu-mem"
+    try:
+        found = local_gpus()
+    except NoGpu as err:
+        types = ", ".join(g.key for g in GPUS)
+        raise CliError(f"{err}. Say which GPUs to plan for: --gpu TYPE (one of {types}) or --gpu-mem GIB") from None
+    spec: GpuSpec = match_nvml_name(found[0].name, found[0].memory_total_mib)
+    return Cluster(spec, args.gpus or len(found), args.nodes), "nvml"
+
+
+def build_setup(args: argparse.Namespace, cluster: Cluster, seq_len: int) -> tuple[Setup, frozenset[str]]:
+    gpu = cluster.gpu
+    given = {name: getattr(args, name) for name in SEARCHED if getattr(args, name) is not None}
+    defaults = dict(precision="bf16-true" if gpu.bf16 else "fp16-mixed", optim="adamw", zero=0, offload="none",
+                    grad_ckpt=True, attn="flash" if gpu.flash_attention else "sdpa", micro_batch=1)
+    values = {**defaults, **given}
+    try:
+        setup = Setup(tuner=args.tuner or "lora", seq_len=seq_len, lora_rank=args.lora_rank,
+                      lora_targets=args.lora_targets, lisa_layers=args.lisa_layers,
+                      trainable_layers=args.trainable_layers, quant=args.quant, **values)
+    except SetupError as err:
+        raise CliError(str(err)) from None
+    return setup, frozenset(given)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_models:
+        plan_view.print_models(entries(), as_json=args.json)
+        return 0
+    if not args.model:
+        raise CliError("ftui plan needs --model (a catalog name like llama-3.1-8b, a size like 7b, or a path); "
+                       "see `ftui plan --list-models`")
+    try:
+        model = resolve_model(args.model)
+    except UnknownModel as err:
+        raise CliError(f"--model: {err}") from None
+    cluster, gpu_source = resolve_cluster(args)
+    stats = None
+    if args.dataset:
+        try:
+            stats = dataset_stats(args.dataset)
+        except DatasetError as err:
+            raise CliError(f"--dataset: {err}") from None
+    seq_len = args.seq_len or (stats.suggested_seq_len(model.arch.max_position) if stats else 2048)
+    setup, fixed = build_setup(args, cluster, seq_len)
+    try:
+        model.arch.lora_targets(setup.lora_targets)
+    except ValueError as err:
+        raise CliError(f"--lora-targets: {err}") from None
+    result = make_plan(model, setup, cluster, recommend_tuner=args.tuner is None,
+                       global_batch=args.global_batch, fixed=fixed)
+    if args.json:
+        json.dump(plan_view.to_json(result, gpu_source, stats), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        plan_view.render(result, gpu_source, stats)
+    return 0

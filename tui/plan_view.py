@@ -1,0 +1,230 @@
+"""How a plan is shown: the JSON object of `ftui plan --json` and the rich tables."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Iterable
+
+from planner import PARTS, Estimate, Plan
+from planner.catalog import ModelEntry
+from planner.dataset_stats import DatasetStats
+from planner.memory import PHASES, MemoryEstimate
+from planner.recommend import Alternative
+from planner.setup import Setup
+
+GIB = 2**30
+
+
+def gib(x: float) -> float:
+    return round(x / GIB, 3)
+
+
+# --- JSON --------------------------------------------------------------------------------
+
+
+def setup_json(s: Setup) -> dict[str, Any]:
+    out = asdict(s)
+    if not s.adapters:
+        for key in ("lora_rank", "lora_targets", "lora_dropout", "dora"):
+            out.pop(key)
+    if s.tuner != "qlora":
+        out.pop("quant"), out.pop("double_quant")
+    if s.tuner != "lisa":
+        out.pop("lisa_layers")
+    if s.tuner != "freeze":
+        out.pop("trainable_layers")
+    return out
+
+
+def per_gpu_json(mem: MemoryEstimate) -> dict[str, float]:
+    out = {f"{part}_gib": gib(mem.part(part)) for part in PARTS}
+    out.update(peak_allocated_gib=gib(mem.peak_allocated), peak_reserved_gib=gib(mem.peak_reserved),
+               nvml_used_gib=gib(mem.nvml_used))
+    return out
+
+
+def estimate_json(est: Estimate, stats: DatasetStats | None = None) -> dict[str, Any]:
+    mem = est.memory
+    out: dict[str, Any] = {
+        "fits": est.fits,
+        "per_gpu": per_gpu_json(mem),
+        "cpu_ram_gib": gib(mem.cpu_ram_bytes),
+        "max_micro_batch": est.max_micro_batch,
+        "max_seq_len": est.max_seq_len,
+        "tokens_per_s": round(est.throughput.tokens_per_s, 1),
+        "setup": setup_json(est.setup),
+        "capacity_gib": gib(mem.capacity_bytes),
+        "required_gib": gib(mem.required),
+        "model_states_gib": gib(mem.model_states_bytes),
+        "peak_phase": mem.peak_phase,
+        "phases": {ph: {"allocated_gib": gib(mem.phase_total(ph))} for ph in PHASES},
+        "terms": [{"part": t.part, "name": t.name, "gib": gib(t.bytes), "phases": list(t.phases),
+                   "pool": t.pool, "source": t.source} for t in mem.terms if t.bytes],
+        "refusals": [{"rule": r.rule, "reason": r.reason} for r in est.refusals],
+        "warnings": list(est.warnings),
+    }
+    if stats is not None:
+        out["epoch_s"] = round(stats.total_tokens / est.throughput.tokens_per_s, 1)
+    return out
+
+
+def alternative_json(alt: Alternative) -> dict[str, Any]:
+    c = alt.candidate
+    return {"tuner": alt.tuner, "zero": alt.zero, "fits": alt.fits, "reason": alt.reason,
+            "setup": setup_json(c.setup) if c else None,
+            "required_gib": gib(c.memory.required) if c else None,
+            "tokens_per_s": round(c.throughput.tokens_per_s, 1) if c else None}
+
+
+def model_json(m: ModelEntry) -> dict[str, Any]:
+    a = m.arch
+    return {"name": m.name, "hf_id": m.hf_id, "source": m.source, "family": a.family, "params": a.params,
+            "active_params": a.active_params, "layers": a.layers, "hidden": a.hidden, "heads": a.heads,
+            "kv_heads": a.kv_heads, "vocab": a.vocab}
+
+
+def to_json(plan: Plan, gpu_source: str, stats: DatasetStats | None = None) -> dict[str, Any]:
+    c = plan.cluster
+    out: dict[str, Any] = {
+        "model": model_json(plan.model),
+        "cluster": {"gpu": c.gpu.key, "gpu_name": c.gpu.name, "gpu_memory_gib": round(c.gpu.memory_gib, 2),
+                    "gpus_per_node": c.gpus_per_node, "nodes": c.nodes, "world": c.world, "source": gpu_source},
+    }
+    if stats is not None:
+        out["dataset"] = asdict(stats)
+    rec = plan.recommendation
+    if rec is None:
+        out["estimate"] = estimate_json(plan.estimate, stats)
+        return out
+    out["recommendation"] = {
+        "setup": setup_json(plan.estimate.setup) if plan.estimate else None,
+        "estimate": estimate_json(plan.estimate, stats) if plan.estimate else None,
+        "reasons": list(rec.reasons),
+        "grad_accum": rec.grad_accum,
+        "global_batch": rec.global_batch,
+        "learning_rate": rec.learning_rate,
+    }
+    out["alternatives"] = [alternative_json(a) for a in rec.alternatives]
+    return out
+
+
+# --- rich --------------------------------------------------------------------------------
+
+
+def _console():
+    from rich.console import Console
+    return Console(highlight=False)
+
+
+def _describe(s: Setup) -> str:
+    bits = [s.tuner]
+    if s.tuner in ("lora", "qlora"):
+        bits.append(f"r={s.lora_rank} {s.lora_targets}" + (f" {s.quant}" if s.tuner == "qlora" else ""))
+    if s.tuner == "lisa":
+        bits.append(f"{s.lisa_layers} layers")
+    if s.tuner == "freeze":
+        bits.append(f"top {s.trainable_layers} layers")
+    bits += [f"ZeRO-{s.zero}" if s.zero else "no ZeRO", s.precision, s.optim]
+    if s.offload != "none":
+        bits.append(f"offload {s.offload}")
+    bits += ["grad-ckpt" if s.grad_ckpt else "no grad-ckpt", f"{s.attn} attention",
+             f"micro-batch {s.micro_batch} x {s.seq_len} tokens"]
+    if s.grad_accum:
+        bits.append(f"grad-accum {s.grad_accum}")
+    return " · ".join(bits)
+
+
+def memory_table(mem: MemoryEstimate):
+    from rich.table import Table
+    t = Table(title="Per-GPU memory (GiB)", title_justify="left", box=None, pad_edge=False)
+    t.add_column("")
+    peak = mem.peak_phase
+    for ph in PHASES:
+        label = {"backward": "after forward", "step": "optimizer step"}[ph]
+        t.add_column(label + (" (peak)" if ph == peak else ""), justify="right")
+    for part in PARTS:
+        t.add_row(part, *(f"{mem.part(part, ph) / GIB:.2f}" if part != "overhead" or ph == peak else "" for ph in PHASES))
+    t.add_row("", "", "")
+    t.add_row("peak allocated", f"{mem.peak_allocated / GIB:.2f}", "")
+    t.add_row("peak reserved", f"{mem.peak_reserved / GIB:.2f}", "")
+    t.add_row("NVML used", f"{mem.nvml_used / GIB:.2f}", "")
+    t.add_row("GPU memory", f"{mem.capacity_bytes / GIB:.2f}", "")
+    return t
+
+
+def render_estimate(console, est: Estimate, stats: DatasetStats | None, title: str) -> None:
+    mem = est.memory
+    console.print(f"[bold]{title}[/bold]: {_describe(est.setup)}")
+    console.print(memory_table(mem))
+    verdict = "[green]fits[/green]" if est.fits else "[red]does not fit[/red]"
+    console.print(f"{verdict}: needs {mem.required / GIB:.1f} of {mem.capacity_bytes / GIB:.1f} GiB per GPU · "
+                  f"max micro-batch {est.max_micro_batch} · max seq len {est.max_seq_len:,} · "
+                  f"{est.throughput.tokens_per_s:,.0f} tokens/s · host RAM {mem.cpu_ram_bytes / GIB:.0f} GiB per node")
+    if stats is not None:
+        hours = stats.total_tokens / est.throughput.tokens_per_s / 3600
+        console.print(f"one epoch of ~{stats.total_tokens:,} tokens: about {hours:.1f} h")
+    for r in est.refusals:
+        console.print(f"[red]refused[/red] ({r.rule}): {r.reason}")
+    for w in est.warnings:
+        console.print(f"[yellow]note[/yellow]: {w}")
+
+
+def alternatives_table(alts: Iterable[Alternative]):
+    from rich.table import Table
+    t = Table(title="Alternatives", title_justify="left", box=None, pad_edge=False)
+    for col, just in (("tuner", "left"), ("ZeRO", "right"), ("fits", "left"), ("GiB/GPU", "right"),
+                      ("tokens/s", "right"), ("why not", "left")):
+        t.add_column(col, justify=just)
+    for a in alts:
+        c = a.candidate
+        t.add_row(a.tuner, str(a.zero), "yes" if a.fits else "no",
+                  f"{c.memory.required / GIB:.1f}" if c and c.refusal is None else "-",
+                  f"{c.throughput.tokens_per_s:,.0f}" if c and a.fits else "-", a.reason)
+    return t
+
+
+def render(plan: Plan, gpu_source: str, stats: DatasetStats | None = None) -> None:
+    console = _console()
+    m, c = plan.model, plan.cluster
+    a = m.arch
+    alias = f" ({m.source})" if m.source != "catalog" else ""
+    console.print(f"[bold]Model[/bold]  {m.name}{alias} · {a.params / 1e9:.2f} B params · {a.layers} layers x "
+                  f"{a.hidden} · vocab {a.vocab:,}")
+    console.print(f"[bold]GPUs[/bold]   {c.world} x {c.gpu.name} ({c.gpu.memory_gib:.1f} GiB)"
+                  f" · {c.nodes} node{'s' if c.nodes > 1 else ''} [dim](from {gpu_source})[/dim]")
+    if stats is not None:
+        console.print(f"[bold]Data[/bold]   {stats.samples:,} samples · ~{stats.total_tokens:,} tokens · "
+                      f"p95 {stats.p95:,} / max {stats.max:,} tokens per sample (estimated)")
+    console.print()
+    rec = plan.recommendation
+    if rec is None:
+        render_estimate(console, plan.estimate, stats, "Setup")
+        return
+    if plan.estimate is None:
+        console.print(f"[red]No setup fits.[/red] {rec.reasons[0]}")
+    else:
+        render_estimate(console, plan.estimate, stats, "Recommended")
+        console.print()
+        for reason in rec.reasons:
+            console.print(f"  • {reason}")
+    console.print()
+    console.print(alternatives_table(rec.alternatives))
+
+
+def print_models(models: Iterable[ModelEntry], as_json: bool = False) -> None:
+    models = list(models)
+    if as_json:
+        import json
+        import sys
+        json.dump([model_json(m) for m in models], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    from rich.table import Table
+    t = Table(box=None, pad_edge=False)
+    for col in ("name", "params", "layers", "hidden", "kv heads", "vocab", "HF id"):
+        t.add_column(col)
+    for m in models:
+        a = m.arch
+        t.add_row(m.name, f"{a.params / 1e9:.2f} B", str(a.layers), str(a.hidden), f"{a.kv_heads}/{a.heads}",
+                  f"{a.vocab:,}", m.hf_id)
+    _console().print(t)
