@@ -6,10 +6,13 @@ only the inputs its derivative needs, so frozen weights change what is kept):
 - RMSNorm upcasts its input to fp32 and keeps that copy for `pow` and the scaling (4 bytes
   per element); a trainable norm weight also keeps the normalised 16-bit tensor.
 - A linear layer keeps its input only when its weight is trained (grad_W = dY^T X); a frozen
-  one keeps nothing. A LoRA adapter keeps its (dropped-out) input and the dropout mask.
+  one keeps nothing. A LoRA adapter keeps its own 16-bit copy of its input (peft casts the input
+  to the fp32 adapter dtype, autocast casts it back for the matmul, and that copy is saved for
+  grad_A) plus, with dropout, the 1-byte mask of CUDA's fused dropout kernel.
 - RoPE multiplies by cos/sin, which are constants: nothing per layer beyond its outputs.
 - FlashAttention / SDPA keep q, k, v, the output and the fp32 log-sum-exp per head; eager
-  attention also keeps the fp32 softmax and the 16-bit probabilities (heads x s^2 each).
+  attention also keeps the fp32 softmax and the 16-bit probabilities (heads x s^2 each). With a
+  fused q/k/v projection, v is a view of its output, so the whole fused tensor stays alive.
 - A gated MLP (SwiGLU/GeGLU) keeps gate and up (for act(gate) * up) and act(gate).
 
 Sizes are bytes per token (per sequence position of one sample); the s^2 attention term is
@@ -49,11 +52,14 @@ class BlockActivations:
     transient_scores: float = 0.0
 
 
-def _norm_saved(arch: Architecture, trainable: bool, p: Precision) -> float:
+def _norm_saved(arch: Architecture, trainable: bool, p: Precision, width: int | None = None) -> float:
     # RMSNorm/LayerNorm keep an fp32 view of their input (4 B) plus the fp32 rsqrt/mean per row;
-    # a trained RMSNorm weight also needs the normalised input (compute dtype).
-    extra = p.compute * arch.hidden if trainable and arch.norm == "rmsnorm" else 0
-    return 4 * arch.hidden + 8 + extra
+    # a trained RMSNorm weight also needs the normalised input (compute dtype; fp32 for Gemma).
+    width = width or arch.hidden
+    extra = 0
+    if trainable and arch.norm == "rmsnorm":
+        extra = (4 if arch.norm_fp32_weight else p.compute) * width
+    return 4 * width + 8 + extra
 
 
 def _reads_width(arch: Architecture, reads: str, moe: bool) -> int:
@@ -74,18 +80,15 @@ def block_activations(arch: Architecture, *, trainable: bool, adapters: tuple[Li
     linears = arch.block if moe or not arch.dense_block else arch.dense_block
     routed = arch.experts_per_token if (moe and arch.experts) else 1
     saved = 0.0
-    norms = 1 if arch.parallel_block and arch.norms_per_layer == 1 else 2
-    saved += norms * _norm_saved(arch, trainable, p)
+    saved += arch.norms_per_layer * _norm_saved(arch, trainable, p)
     if arch.qk_norm:
-        saved += 4 * (arch.q_dim + arch.kv_dim)
+        saved += _norm_saved(arch, trainable, p, arch.q_dim + arch.kv_dim)
 
     # Inputs kept for weight gradients: each distinct activation once if any trained reader.
     adapted = {lin.name for lin in adapters}
     kept_inputs: set[str] = set()
     for lin in linears:
         if (trainable or quantized) and lin.group != "router":
-            kept_inputs.add(lin.reads)
-        if lin.name in adapted and lora_dropout == 0:
             kept_inputs.add(lin.reads)
     for reads in kept_inputs:
         if reads == "attn_out" and attn != "eager":
@@ -97,12 +100,12 @@ def block_activations(arch: Architecture, *, trainable: bool, adapters: tuple[Li
         copies = routed if reads.startswith("mlp") else 1
         saved += copies * dt * reads_w
 
-    # LoRA: dropout keeps its mask and its output per adapted layer; A's output (r) is kept for B.
+    # LoRA: each adapter keeps its own copy of its input and, with dropout, the mask; A's output (r)
+    # is kept for B.
     for lin in adapters:
         width = _reads_width(arch, lin.reads, moe)
         copies = routed if lin.reads.startswith("mlp") else 1
-        if lora_dropout > 0:
-            saved += copies * (MASK_BYTES + dt) * width
+        saved += copies * (dt + (MASK_BYTES if lora_dropout > 0 else 0)) * width
         saved += copies * 4 * lora_rank
         if dora:
             saved += copies * dt * lin.out_features  # DoRA rescales the base output: keeps it
@@ -112,13 +115,21 @@ def block_activations(arch: Architecture, *, trainable: bool, adapters: tuple[Li
     repeat_kv = attn == "eager" or (attn == "sdpa" and micro_batch > 1)  # HF repeats k/v when a mask is passed
     k_saved = q if repeat_kv else kv
     saved += dt * (2 * q + 2 * k_saved) + 4 * arch.heads
+    if arch.fused_qkv and not repeat_kv:
+        saved += dt * (q + kv)  # v is a view of the fused q/k/v output and keeps all of it alive
     saved_scores = 0.0
     if attn == "eager":
         saved_scores = arch.heads * (4 + (dt if dt != 4 else 0))  # fp32 softmax + 16-bit probabilities
+        if arch.attn_softcap:
+            saved_scores += arch.heads * dt  # tanh keeps its output
 
-    # MLP: gated keeps gate, up and act(gate); plain GeLU keeps fc1's output (gelu input).
-    mlp = 3 * i if arch.gated_mlp else i
-    saved += routed * dt * mlp
+    # MLP: gated keeps gate, up and act(gate); plain GeLU keeps fc1's output (gelu input). Phi's
+    # gelu_new is separate ops: pow (fp32 under autocast) keeps its input, tanh its output, and the
+    # final product 0.5*x and (1 + tanh): 4 + 4 + 2 + 4 bytes per element.
+    if arch.mlp_act == "gelu_new":
+        saved += routed * (14 if dt == 2 else 16) * i
+    else:
+        saved += routed * dt * (3 * i if arch.gated_mlp else i)
     if moe and arch.experts:
         saved += 4 * arch.experts + routed * dt * h  # router softmax (fp32) and weighted expert outputs
 

@@ -75,6 +75,12 @@ class Architecture:
     max_position: int = 4096
     final_logit_softcap: bool = False
     """Gemma-2 squashes logits with tanh: extra vocabulary-sized tensors in the loss path."""
+    attn_softcap: bool = False
+    """Gemma-2 squashes attention scores with tanh (eager keeps one more heads x s^2 tensor)."""
+    mlp_act: str = "silu"
+    """`silu`/`gelu` (one fused op) or `gelu_new` (phi's GeLU written as pow/tanh/mul ops)."""
+    norm_fp32_weight: bool = False
+    """Gemma's RMSNorm multiplies by (1 + weight) in fp32, keeping an fp32 copy for the weight grad."""
     extra_params: int = 0
     """Parameters outside the regular pieces (e.g. learned position embeddings)."""
     lora_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, hash=False)
@@ -89,6 +95,12 @@ class Architecture:
     @property
     def kv_dim(self) -> int:
         return self.kv_heads * self.head_dim
+
+    @property
+    def fused_qkv(self) -> bool:
+        """One projection produces q, k and v (c_attn, query_key_value, W_pack, wqkv, qkv_proj)."""
+        return any(lin.reads == "attn_in" and lin.group == "attn" and lin.out_features == self.q_dim + 2 * self.kv_dim
+                   and lin.out_features > self.q_dim for lin in self.block)
 
     @property
     def norm_params(self) -> int:

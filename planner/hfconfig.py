@@ -116,8 +116,9 @@ def _gemma(cfg: Config) -> Architecture:
     block = _attn(c, bias, bias) + _swiglu(c["hidden"], cfg["intermediate_size"])
     gemma2 = cfg.get("model_type") == "gemma2"
     return Architecture(family="gemma2" if gemma2 else "gemma", intermediate=cfg["intermediate_size"], gated_mlp=True,
-                        block=block, norms_per_layer=4 if gemma2 else 2,
-                        final_logit_softcap=bool(cfg.get("final_logit_softcapping")), **c)
+                        block=block, norms_per_layer=4 if gemma2 else 2, norm_fp32_weight=True,
+                        final_logit_softcap=bool(cfg.get("final_logit_softcapping")),
+                        attn_softcap=bool(cfg.get("attn_logit_softcapping")), **c)
 
 
 def _glm(cfg: Config) -> Architecture:
@@ -139,8 +140,9 @@ def _phi(cfg: Config) -> Architecture:
     block = (Linear("q_proj", h, q, True, "attn"), Linear("k_proj", h, kv, True, "attn"),
              Linear("v_proj", h, kv, True, "attn"), Linear("dense", q, h, True, "attn", "attn_out"),
              Linear("fc1", h, i, True, "mlp", "mlp_in"), Linear("fc2", i, h, True, "mlp", "mlp_mid"))
+    act = "gelu_new" if cfg.get("hidden_act", "gelu_new") == "gelu_new" else "gelu"
     return Architecture(family="phi", intermediate=i, gated_mlp=False, block=block, norm="layernorm",
-                        norm_bias=True, norms_per_layer=1, parallel_block=True, head_bias=True, **c)
+                        norm_bias=True, norms_per_layer=1, parallel_block=True, head_bias=True, mlp_act=act, **c)
 
 
 def _phi3(cfg: Config) -> Architecture:
@@ -175,7 +177,18 @@ def _falcon(cfg: Config) -> Architecture:
     parallel = bool(cfg.get("parallel_attn", True))
     norms = (cfg.get("num_ln_in_parallel_attn") or 2) if new_arch else (1 if parallel else 2)
     return Architecture(family="falcon", intermediate=i, gated_mlp=False, block=block, norm="layernorm",
-                        norm_bias=True, norms_per_layer=norms, parallel_block=parallel or new_arch, **c)
+                        norm_bias=True, norms_per_layer=norms, parallel_block=parallel or new_arch, mlp_act="gelu", **c)
+
+
+def _gpt_neox(cfg: Config) -> Architecture:
+    # GPTNeoXLayer: fused query_key_value and dense with biases, GeLU MLP, two LayerNorms (the
+    # parallel residual feeds attention and MLP from separate norms of the same input), untied head.
+    c = _common(cfg)
+    h, i = c["hidden"], cfg.get("intermediate_size") or 4 * c["hidden"]
+    block = (Linear("query_key_value", h, 3 * h, True, "attn"), Linear("dense", h, h, True, "attn", "attn_out"),
+             Linear("dense_h_to_4h", h, i, True, "mlp", "mlp_in"), Linear("dense_4h_to_h", i, h, True, "mlp", "mlp_mid"))
+    return Architecture(family="gpt_neox", intermediate=i, gated_mlp=False, block=block, norm="layernorm",
+                        norm_bias=True, mlp_act="gelu", **c)
 
 
 def _qwen1(cfg: Config) -> Architecture:
@@ -235,7 +248,7 @@ READERS: dict[str, Callable[[Config], Architecture]] = {
     "qwen2": _qwen2, "qwen3": _qwen3, "mixtral": _mixtral, "qwen3_moe": _qwen3_moe,
     "gemma": _gemma, "gemma2": _gemma, "glm": _glm, "phi": _phi, "phi3": _phi3,
     "falcon": _falcon, "RefinedWeb": _falcon, "RefinedWebModel": _falcon,
-    "qwen": _qwen1, "chatglm": _chatglm, "baichuan": _baichuan, "internlm2": _internlm2,
+    "gpt_neox": _gpt_neox, "qwen": _qwen1, "chatglm": _chatglm, "baichuan": _baichuan, "internlm2": _internlm2,
 }
 
 

@@ -1,0 +1,1 @@
+"""ftui runner: everything between a plan and a running job (NVML reader so far)."""

@@ -1,0 +1,1 @@
+"""ftui user interface: the `ftui` command and its views."""

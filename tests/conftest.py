@@ -1,0 +1,45 @@
+"""Shared test setup: nothing downloads, and NVML is always the fake unless a test picks a scenario."""
+
+import os
+
+# Before anything imports huggingface_hub / transformers: never touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Subprocesses started by tests inherit this: no test reaches the real NVML by default.
+os.environ["FTUI_FAKE_NVML"] = "none"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_NVML_ENV = "FTUI_FAKE_NVML"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_nvml(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts on the `none` fake scenario (no GPU), whatever the shell has set;
+    only tests marked `gpu` see the real NVML."""
+    if request.node.get_closest_marker("gpu"):
+        monkeypatch.delenv(FAKE_NVML_ENV, raising=False)
+    else:
+        monkeypatch.setenv(FAKE_NVML_ENV, "none")
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch: pytest.MonkeyPatch):
+    """Factory: `fake_nvml("8xh100")` makes runner.nvml see that runner.fake_nvml scenario."""
+
+    def use(scenario: str) -> str:
+        from runner.fake_nvml import FakeNvml
+
+        FakeNvml(scenario)  # unknown scenario names fail here, not deep inside the code under test
+        monkeypatch.setenv(FAKE_NVML_ENV, scenario)
+        return scenario
+
+    return use
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO

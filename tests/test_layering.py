@@ -1,0 +1,55 @@
+"""The layering rule of ARCHITECTURE.md: tui -> runner -> planner, and planner stays pure."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "textual", "pynvml", "transformers", "rich")
+
+
+def _imported_roots(path: Path) -> list[tuple[int, str]]:
+    """(line, top-level module) for every import in `path`; relative imports are skipped."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append((node.lineno, node.module.split(".")[0]))
+    return out
+
+
+def _violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    files = sorted((REPO / package).rglob("*.py"))
+    assert files, f"no python files under {package}/"
+    return [f"{path.relative_to(REPO)}:{line}: imports {mod}"
+            for path in files for line, mod in _imported_roots(path) if mod in forbidden]
+
+
+def test_importing_planner_in_a_fresh_interpreter_pulls_in_no_heavy_module():
+    code = ("import sys, planner, planner.catalog, planner.recommend, planner.plan, planner.dataset_stats\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    loaded = proc.stdout.strip()
+    assert loaded == "", f"importing planner loaded: {loaded}"
+
+
+def test_planner_imports_neither_runner_tui_nor_heavy_libraries():
+    bad = _violations("planner", ("runner", "tui") + HEAVY)
+    assert not bad, "planner/ must stay pure:\n" + "\n".join(bad)
+
+
+def test_runner_does_not_import_tui():
+    bad = _violations("runner", ("tui",))
+    assert not bad, "runner/ must not import tui/:\n" + "\n".join(bad)
+
+
+def test_the_import_scanner_reports_file_and_line(tmp_path):
+    # The checker itself must be able to fail: a planted import is found with its line number.
+    bad = tmp_path / "bad.py"
+    bad.write_text('"""doc"""\nimport os\nfrom runner.nvml import NoGpu\ndef f():\n    import torch\n')
+    assert sorted(_imported_roots(bad)) == [(2, "os"), (3, "runner"), (5, "torch")]
+
