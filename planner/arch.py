@@ -8,7 +8,7 @@ the real model (checked against transformers on the meta device in tests/test_ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,6 @@ class Architecture:
     """Gemma's RMSNorm multiplies by (1 + weight) in fp32, keeping an fp32 copy for the weight grad."""
     extra_params: int = 0
     """Parameters outside the regular pieces (e.g. learned position embeddings)."""
-    lora_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, hash=False)
-    """Extra names users may type for target groups (e.g. `q_proj` for a fused `qkv_proj`)."""
 
     # --- sizes ---------------------------------------------------------------------------
 
@@ -169,21 +167,33 @@ class Architecture:
             return tuple(lin for lin in block if lin.group != "router")
         if names in (("attn",), ("mlp",)):
             return tuple(lin for lin in block if lin.group == names[0])
-        expanded: list[str] = []
-        for name in names:
-            expanded.extend(self.lora_aliases.get(name, (name,)))
         valid = self.linear_names()
+        expanded = [self._by_role(name) if name not in valid else name for name in names]
         unknown = [n for n in expanded if n not in valid]
         if unknown:
             raise ValueError(f"{', '.join(unknown)} is not a linear layer of {self.family} blocks; "
                              f"use all-linear, attn, mlp or some of: {', '.join(valid)}")
         return tuple(lin for lin in block if lin.name in expanded)
 
+    def _by_role(self, name: str) -> str:
+        """Llama's module names on other families: `q_proj` -> the one attention-input projection
+        (c_attn, query_key_value, qkv_proj, W_pack, wqkv), `gate_proj`/`up_proj` -> a fused
+        gate_up_proj, `o_proj` -> the attention output, `down_proj` -> the MLP output. Names that
+        match no single module are returned unchanged (and reported as unknown)."""
+        role = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "attn_out",
+                "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "mlp_mid"}.get(name)
+        matches = [lin.name for lin in self.block if lin.reads == role and lin.group != "router"]
+        return matches[0] if len(matches) == 1 else name
+
     def lora_params(self, spec: str | tuple[str, ...], rank: int) -> int:
         """Trainable LoRA parameters: A (r x in) and B (out x r) for every targeted linear."""
-        per_block = sum(lin.copies * rank * (lin.in_features + lin.out_features)
-                        for lin in self.lora_targets(spec))
-        return per_block * self.layers
+        names = {lin.name for lin in self.lora_targets(spec)}
+
+        def per_block(linears: tuple[Linear, ...]) -> int:
+            return sum(lin.copies * rank * (lin.in_features + lin.out_features) for lin in linears if lin.name in names)
+
+        dense = self.layers - self.moe_layers if self.dense_block else 0
+        return dense * per_block(self.dense_block) + (self.layers - dense) * per_block(self.block)
 
 
 def _split_names(spec: str | tuple[str, ...]) -> tuple[str, ...]:

@@ -74,6 +74,9 @@ def _records(path: Path) -> Iterator[Any]:
         if isinstance(data, dict):
             lists = [v for v in data.values() if isinstance(v, list)]
             data = lists[0] if len(lists) == 1 else [data]
+        if not isinstance(data, list):
+            raise DatasetError(f"{path}: expected a JSON list of records (or an object holding one), "
+                               f"found {type(data).__name__}")
         yield from data
     elif suffix in (".csv", ".tsv"):
         with path.open(encoding="utf-8", newline="") as fh:

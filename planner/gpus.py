@@ -84,13 +84,24 @@ _ALIASES = {
 }
 
 
-def gpu_spec(name: str) -> GpuSpec:
-    """The spec for a name typed on the command line; ValueError lists close matches."""
-    key = name.strip().lower().replace("_", "-").replace(" ", "-")
+def _lookup(key: str) -> GpuSpec | None:
     key = _ALIASES.get(key, key)
-    for spec in GPUS:
-        if spec.key == key:
-            return spec
+    return next((spec for spec in GPUS if spec.key == key), None)
+
+
+def gpu_spec(name: str) -> GpuSpec:
+    """The spec for a name typed on the command line (`a100-80g`, `A100`, `a10g-24g`, `rtx_4090`);
+    ValueError lists close matches."""
+    key = name.strip().lower().replace("_", "-").replace(" ", "-")
+    spec = _lookup(key)
+    if spec is None and "-" in key:
+        base, _, size = key.rpartition("-")  # a memory suffix on a name that has one size: l40s-48g
+        gib = size.rstrip("gb")
+        found = _lookup(base)
+        if found is not None and gib.isdigit() and abs(found.memory_gib - int(gib)) <= 0.1 * int(gib):
+            spec = found
+    if spec is not None:
+        return spec
     choices = [g.key for g in GPUS]
     close = difflib.get_close_matches(key, choices, n=4, cutoff=0.4)
     hint = f"did you mean {', '.join(close)}? " if close else ""

@@ -27,7 +27,9 @@ def _get(cfg: Config, *keys: str, default: Any = None) -> Any:
     return default
 
 
-def _common(cfg: Config) -> dict[str, Any]:
+def _common(cfg: Config, head_dim: int | None = None) -> dict[str, Any]:
+    """Shared fields; `head_dim` is the family's default when the config omits it (transformers'
+    Qwen3/GLM configs default to 128, Gemma's to 256), else hidden / heads."""
     hidden = _get(cfg, "hidden_size", "n_embd", "d_model")
     heads = _get(cfg, "num_attention_heads", "n_head", "num_heads")
     kv_heads = _get(cfg, "num_key_value_heads", "num_kv_heads", default=heads)
@@ -36,7 +38,7 @@ def _common(cfg: Config) -> dict[str, Any]:
         hidden=hidden,
         heads=heads,
         kv_heads=kv_heads,
-        head_dim=_get(cfg, "head_dim", default=hidden // heads),
+        head_dim=_get(cfg, "head_dim", default=head_dim or hidden // heads),
         vocab=_get(cfg, "vocab_size", "padded_vocab_size"),
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         max_position=_get(cfg, "max_position_embeddings", "seq_length", default=4096),
@@ -73,7 +75,7 @@ def _qwen2(cfg: Config) -> Architecture:
 
 def _qwen3(cfg: Config) -> Architecture:
     # Qwen3Attention: optional bias on q/k/v/o, RMSNorm over head_dim on q and k.
-    c = _common(cfg)
+    c = _common(cfg, head_dim=128)
     bias = bool(cfg.get("attention_bias", False))
     block = _attn(c, bias, bias) + _swiglu(c["hidden"], cfg["intermediate_size"])
     return Architecture(family="qwen3", intermediate=cfg["intermediate_size"], gated_mlp=True,
@@ -82,7 +84,7 @@ def _qwen3(cfg: Config) -> Architecture:
 
 def _moe(cfg: Config, family: str, experts: int, top_k: int, expert_i: int, names: tuple[str, str, str],
          qk_norm: bool, moe_layers: int, dense_i: int) -> Architecture:
-    c = _common(cfg)
+    c = _common(cfg, head_dim=128 if qk_norm else None)
     bias = bool(cfg.get("attention_bias", False))
     attn = _attn(c, bias, bias)
     router = Linear("gate", c["hidden"], experts, False, "router", "mlp_in")
@@ -110,7 +112,7 @@ def _qwen3_moe(cfg: Config) -> Architecture:
 
 def _gemma(cfg: Config) -> Architecture:
     # GemmaMLP is GeGLU (gate/up/down); embeddings tied; head_dim given explicitly (256 on gemma-7b).
-    c = _common(cfg)
+    c = _common(cfg, head_dim=256)
     c["tied_embeddings"] = bool(cfg.get("tie_word_embeddings", True))
     bias = bool(cfg.get("attention_bias", False))
     block = _attn(c, bias, bias) + _swiglu(c["hidden"], cfg["intermediate_size"])
@@ -123,13 +125,12 @@ def _gemma(cfg: Config) -> Architecture:
 
 def _glm(cfg: Config) -> Architecture:
     # transformers GlmAttention: bias on q/k/v (attention_bias), none on o; GlmMLP fuses gate and up.
-    c = _common(cfg)
+    c = _common(cfg, head_dim=128)
     bias = bool(cfg.get("attention_bias", True))
     h, i = c["hidden"], cfg["intermediate_size"]
     block = _attn(c, bias, False) + (Linear("gate_up_proj", h, 2 * i, False, "mlp", "mlp_in"),
                                      Linear("down_proj", i, h, False, "mlp", "mlp_mid"))
-    return Architecture(family="glm", intermediate=i, gated_mlp=True, block=block, **c,
-                        lora_aliases={"gate_proj": ("gate_up_proj",), "up_proj": ("gate_up_proj",)})
+    return Architecture(family="glm", intermediate=i, gated_mlp=True, block=block, **c)
 
 
 def _phi(cfg: Config) -> Architecture:
@@ -152,9 +153,7 @@ def _phi3(cfg: Config) -> Architecture:
     q, kv = c["heads"] * c["head_dim"], c["kv_heads"] * c["head_dim"]
     block = (Linear("qkv_proj", h, q + 2 * kv, False, "attn"), Linear("o_proj", q, h, False, "attn", "attn_out"),
              Linear("gate_up_proj", h, 2 * i, False, "mlp", "mlp_in"), Linear("down_proj", i, h, False, "mlp", "mlp_mid"))
-    aliases = {n: ("qkv_proj",) for n in ("q_proj", "k_proj", "v_proj")}
-    aliases.update({n: ("gate_up_proj",) for n in ("gate_proj", "up_proj")})
-    return Architecture(family="phi3", intermediate=i, gated_mlp=True, block=block, lora_aliases=aliases, **c)
+    return Architecture(family="phi3", intermediate=i, gated_mlp=True, block=block, **c)
 
 
 def _falcon(cfg: Config) -> Architecture:

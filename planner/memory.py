@@ -297,8 +297,11 @@ def optimizer_terms(setup: Setup, cluster: Cluster, w: Widths, pr: Params) -> li
     base, adapter = pr.trainable_base / shard, pr.adapter / shard
     optim = setup.optim
     moments = {"adamw": 2, "sgd": 1}.get(optim, 0)
-    pool = "driver" if optim == "paged-adamw-8bit" else "allocated"
-    if optim in ("adamw-8bit", "paged-adamw-8bit"):
+    pool = "driver" if optim.startswith("paged") else "allocated"
+    if optim == "paged-adamw":
+        states = (base + adapter) * 8  # bitsandbytes PagedAdamW (32-bit): fp32 m and v in unified memory
+        src = "fp32 m and v, paged: unified memory outside the PyTorch allocator"
+    elif optim in ("adamw-8bit", "paged-adamw-8bit"):
         per = 2 + 2 * 4 / 256  # bnb 8-bit Adam: 1 byte per moment + fp32 absmax per 256-block
         states = (base + adapter) * per
         src = "bitsandbytes blockwise 8-bit m and v"

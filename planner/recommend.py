@@ -94,7 +94,7 @@ def max_micro_batch(arch: Architecture, setup: Setup, cluster: Cluster, limit: i
 def max_seq_len(arch: Architecture, setup: Setup, cluster: Cluster, limit: int = 1 << 20) -> int:
     """Longest sequence that fits at this micro-batch (0 when none does)."""
     n = largest_fitting(2, limit, lambda s: estimate(arch, setup.but(seq_len=s), cluster).fits)
-    return max(n, 0)
+    return n if n >= 2 else 0
 
 
 def _variants(base: Setup, cluster: Cluster, tuner: str, zero: int, fixed: frozenset[str]) -> list[Setup]:
@@ -223,6 +223,12 @@ def _alternative(row: tuple[str, int, Candidate | None, Candidate | None], chose
             return Alternative(tuner, zero, best, True, "chosen")
         if chosen is not None and QUALITY.index(tuner) > QUALITY.index(chosen.setup.tuner):
             why = f"fits, but {tuner} is expected to train worse than {chosen.setup.tuner}"
+        elif chosen is not None and best.setup.offload != chosen.setup.offload:
+            why = f"fits only with {best.setup.offload} offload to the CPU"
+        elif chosen is not None and _faster(chosen, best) and not _faster(best, chosen) and \
+                best.throughput.tokens_per_s >= chosen.throughput.tokens_per_s * 0.97:
+            why = (f"fits and is about as fast ({best.throughput.tokens_per_s:,.0f} tokens/s); "
+                   "the chosen setup is simpler")
         else:
             why = (f"fits, but slower: {best.throughput.tokens_per_s:,.0f} vs "
                    f"{chosen.throughput.tokens_per_s:,.0f} tokens/s" if chosen else "fits")

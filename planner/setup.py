@@ -8,7 +8,7 @@ from .gpus import GpuSpec
 
 TUNERS = ("full", "freeze", "lora", "qlora", "lisa")
 PRECISIONS = ("bf16-true", "bf16-mixed", "fp16-mixed", "fp32")
-OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "adafactor")
+OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "paged-adamw", "sgd", "adafactor")
 OFFLOADS = ("none", "optimizer", "optimizer+params")
 ATTENTIONS = ("flash", "sdpa", "eager")
 QUANTS = ("nf4", "int8")

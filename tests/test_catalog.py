@@ -181,10 +181,9 @@ def test_unknown_lora_target_names_the_valid_modules():
     assert "c_attn" in str(err.value)
 
 
-# --- known source bugs (xfail until fixed) -----------------------------------------------
+# --- regressions ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="bug: hfconfig defaults head_dim to hidden/heads, transformers to 128 or 256")
 @pytest.mark.parametrize("model_type", ["qwen3", "gemma", "glm"])
 def test_head_dim_default_when_config_omits_head_dim(model_type):
     # Qwen3Config and GlmConfig default head_dim=128, GemmaConfig 256; a local config.json without
@@ -193,7 +192,6 @@ def test_head_dim_default_when_config_omits_head_dim(model_type):
     assert architecture_from_config(cfg).params == _transformers_param_count(cfg)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Architecture.lora_params multiplies the MoE block by all layers")
 def test_lora_params_of_partly_moe_model_counts_dense_layers_with_dense_block():
     # Qwen3-MoE with mlp_only_layers=[0]: layer 0 has a dense SwiGLU MLP, layer 1 the experts.
     cfg = {**TINY, "model_type": "qwen3_moe", "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2,

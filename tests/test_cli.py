@@ -310,7 +310,6 @@ def test_plan_does_not_import_the_training_stack(repo_root):
     assert proc.stdout.split() == ["0"], f"exit code and heavy modules imported: {proc.stdout!r}"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a .json dataset holding a bare number crashes with exit 70 'internal error'")
 def test_dataset_json_scalar_is_a_user_error(capsys, tmp_path):
     data = tmp_path / "scalar.json"
     data.write_text("42\n")

@@ -121,8 +121,6 @@ def test_non_utf8_file_is_a_dataset_error(tmp_path):
         dataset_stats(path)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="bug: _records does `yield from data` on a JSON scalar; the CLI exits 70 'internal error'")
 def test_json_file_with_a_scalar_top_level_is_a_dataset_error(tmp_path):
     path = tmp_path / "scalar.json"
     path.write_text("42\n")

@@ -174,7 +174,6 @@ def test_max_micro_batch_is_zero_when_nothing_fits():
     assert max_micro_batch(arch, Setup(tuner="full", precision="bf16-mixed"), cluster("a100-80g")) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="bug: max_seq_len returns largest_fitting's low-1 == 1, not 0")
 def test_max_seq_len_is_zero_when_nothing_fits():
     # Docstring: "Longest sequence that fits at this micro-batch (0 when none does)". seq_len 1 is not
     # even a valid setting (Setup needs >= 2), yet `ftui plan --json` prints "max_seq_len": 1.
@@ -188,7 +187,6 @@ def test_recommended_micro_batch_keeps_headroom(rec_7b_8xa100):
     assert not math.isnan(rec_7b_8xa100.chosen.throughput.tokens_per_s)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _alternative says 'slower' for a stage that lost only the 3% tie-break")
 def test_alternative_with_equal_speed_is_not_called_slower(rec_7b_8xa100):
     # full ZeRO-2 runs exactly as fast as the chosen full ZeRO-1 (24,201 tokens/s each); it lost on
     # simplicity, yet its reason reads "fits, but slower: 24,201 vs 24,201 tokens/s".

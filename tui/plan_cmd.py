@@ -40,27 +40,49 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gpu = p.add_mutually_exclusive_group()
     gpu.add_argument("--gpu", metavar="TYPE", help="GPU type, e.g. a100-80g, h100-80g, l40s, rtx4090, a10g, t4")
     gpu.add_argument("--gpu-mem", type=_positive_float, metavar="GIB", help="GPU memory in GiB (unknown GPU type)")
-    p.add_argument("--tuner", choices=TUNERS, help="evaluate this tuner (omit to get a recommendation)")
-    p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--optim", choices=OPTIMIZERS)
+    p.add_argument("--tuner", type=_canonical, choices=TUNERS + ("dora",),
+                   help="evaluate this tuner (omit to get a recommendation); dora = LoRA with DoRA")
+    p.add_argument("--dora", action="store_true", help="LoRA/QLoRA with weight-decomposed adapters (DoRA)")
+    p.add_argument("--precision", type=_canonical, choices=PRECISIONS)
+    p.add_argument("--optim", type=_optimizer, choices=OPTIMIZERS)
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), help="DeepSpeed ZeRO stage (0 = plain DDP)")
     p.add_argument("--offload", choices=OFFLOADS)
     p.add_argument("--micro-batch", type=_positive_int, metavar="B", help="sequences per GPU per step (default 1)")
     p.add_argument("--seq-len", type=_positive_int, metavar="L", help="tokens per sequence (default 2048)")
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
                    help="gradient checkpointing (default on)")
-    p.add_argument("--attn", choices=ATTENTIONS, help="attention kernel (default flash where supported)")
+    p.add_argument("--attn", type=_canonical, choices=ATTENTIONS, help="attention kernel (default flash where supported)")
     p.add_argument("--lora-rank", type=_positive_int, metavar="R", default=8)
     p.add_argument("--lora-targets", default="all-linear", metavar="SPEC",
                    help="all-linear, attn, mlp or module names like q_proj,v_proj")
     p.add_argument("--lisa-layers", type=_positive_int, default=2, metavar="K")
     p.add_argument("--trainable-layers", type=_positive_int, default=2, metavar="K", help="freeze: top K layers train")
-    p.add_argument("--quant", choices=QUANTS, default="nf4", help="QLoRA weight format (default nf4)")
+    p.add_argument("--quant", type=_quant, choices=QUANTS, default="nf4",
+                   help="QLoRA weight format: nf4 (with double quantization) or int8")
     p.add_argument("--global-batch", type=_positive_int, default=64, metavar="N",
                    help="target sequences per optimizer step, for gradient accumulation (default 64)")
     p.add_argument("--dataset", metavar="PATH", help="data file whose token lengths set --seq-len and epoch time")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
+
+
+def _canonical(text: str) -> str:
+    return text.strip().lower().replace("_", "-")
+
+
+OPTIMIZER_ALIASES = {"adamw-torch": "adamw", "adamw-torch-fused": "adamw", "adam": "adamw", "adamw-hf": "adamw",
+                     "adamw-bnb-8bit": "adamw-8bit", "adamw8bit": "adamw-8bit", "paged-adamw-32bit": "paged-adamw",
+                     "paged-adamw8bit": "paged-adamw-8bit"}
+
+
+def _optimizer(text: str) -> str:
+    key = _canonical(text)
+    return OPTIMIZER_ALIASES.get(key, key)
+
+
+def _quant(text: str) -> str:
+    key = _canonical(text)
+    return {"nf4-dq": "nf4", "bnb.nf4": "nf4", "bnb.nf4-dq": "nf4", "4bit": "nf4", "8bit": "int8"}.get(key, key)
 
 
 def _positive_int(text: str) -> int:
@@ -108,8 +130,9 @@ def build_setup(args: argparse.Namespace, cluster: Cluster, seq_len: int) -> tup
     defaults = dict(precision="bf16-true" if gpu.bf16 else "fp16-mixed", optim="adamw", zero=0, offload="none",
                     grad_ckpt=True, attn="flash" if gpu.flash_attention else "sdpa", micro_batch=1)
     values = {**defaults, **given}
+    tuner = "lora" if args.tuner in (None, "dora") else args.tuner
     try:
-        setup = Setup(tuner=args.tuner or "lora", seq_len=seq_len, lora_rank=args.lora_rank,
+        setup = Setup(tuner=tuner, seq_len=seq_len, lora_rank=args.lora_rank, dora=args.dora or args.tuner == "dora",
                       lora_targets=args.lora_targets, lisa_layers=args.lisa_layers,
                       trainable_layers=args.trainable_layers, quant=args.quant, **values)
     except SetupError as err:
