@@ -36,13 +36,14 @@ FRAGMENTATION = 0.10
 """Fraction of the step-scale working set (activations, loss buffers, step temporaries) the
 caching allocator keeps reserved beyond what is allocated: freed blocks of one size cannot
 always serve the next request of another size."""
-LOSS_CACHE_GROWTH = 1.5
+LOSS_CACHE_GROWTH = 2.0
 """Extra reserved memory over a long run, as a multiple of the loss-path buffers. Those buffers
 are few and huge (2 or 4 bytes x vocab x tokens each) and change size with every batch length,
 so the allocator keeps segments cut for earlier batches that a later request cannot reuse. One
 step alone can strand up to 1x (HF Trainer path: 24 B/elem allocated in total for a 12 B/elem
-peak); published long unpacked runs (ms-swift benchmark, torch 2.1) show 1-3x. The allocator
-releases such cached blocks before it reports out-of-memory, so this growth does not decide fit."""
+peak); published long unpacked runs (ms-swift benchmark, torch 2.1) show 1-3x, so we take the
+middle. Harnesses that call torch.cuda.empty_cache() often see less. The allocator releases such
+cached blocks before it reports out-of-memory, so this growth does not decide fit."""
 ROUNDING_PER_TENSOR = 1 * MIB
 """Blocks over 1 MiB are rounded up to 2 MiB multiples: about 1 MiB lost per large tensor."""
 
@@ -214,7 +215,7 @@ def estimate(arch: Architecture, setup: Setup, cluster: Cluster) -> MemoryEstima
     terms: list[Term] = []
     terms += weight_terms(arch, setup, cluster, w, pr)
     grads = gradient_terms(arch, setup, cluster, w, pr)
-    opt = optimizer_terms(setup, cluster, w, pr)
+    opt = optimizer_terms(setup, cluster, w, pr, arch)
     terms += grads + opt
     terms += activation_terms(arch, setup, w, pr)
     terms += overhead_terms(terms, setup, cluster, pr)
@@ -290,7 +291,23 @@ def gradient_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths
     return terms
 
 
-def optimizer_terms(setup: Setup, cluster: Cluster, w: Widths, pr: Params) -> list[Term]:
+def _factored_elements(arch: Architecture, setup: Setup, pr: Params) -> float:
+    """Elements of Adafactor's factored state for the trainable parameters."""
+    def block(linears) -> int:
+        mats = sum(lin.copies * (lin.in_features + lin.out_features + (lin.out_features if lin.bias else 0))
+                   for lin in linears)
+        return mats + arch.norms_per_layer * arch.norm_params
+    if pr.adapter:
+        r = setup.lora_rank
+        return arch.layers * sum(lin.copies * (lin.in_features + lin.out_features + 2 * r)
+                                 for lin in arch.lora_targets(setup.lora_targets))
+    total = pr.trained_layers * block(arch.block) + arch.norm_params
+    if pr.head_trainable:
+        total += 2 * (arch.vocab + arch.hidden)  # embedding and head matrices
+    return total
+
+
+def optimizer_terms(setup: Setup, cluster: Cluster, w: Widths, pr: Params, arch: Architecture) -> list[Term]:
     terms: list[Term] = []
     on_cpu = setup.offload != "none"
     shard = _shard(setup, cluster, 1)
@@ -308,9 +325,10 @@ def optimizer_terms(setup: Setup, cluster: Cluster, w: Widths, pr: Params) -> li
         if optim == "paged-adamw-8bit":
             src += "; paged: unified memory outside the PyTorch allocator"
     elif optim == "adafactor":
-        # Adafactor keeps factored fp32 row/column second moments: about (rows + cols) per matrix.
-        states = (base + adapter) * 4 * 2 / 1000
-        src = "factored second moments (rows + cols per matrix, fp32)"
+        # Adafactor (Shazeer & Stern 2018; transformers' implementation, beta1=None): an fp32 row
+        # and column vector per weight matrix, a full fp32 vector per bias/norm, no first moment.
+        states = 4 * _factored_elements(arch, setup, pr) / shard
+        src = "factored fp32 second moments: rows + cols per matrix"
     else:
         states = base * moments * w.moment + adapter * moments * 4
         src = f"{moments} moment(s) x {w.moment} B per trainable param"
@@ -325,6 +343,15 @@ def optimizer_terms(setup: Setup, cluster: Cluster, w: Widths, pr: Params) -> li
     if setup.deepspeed:
         terms.append(Term("optimizer", "fp32 gradient partition at step", 4 * (base + adapter), ("step",),
                           source="DeepSpeed converts the gradient partition to fp32 for the update"))
+    elif optim == "adafactor":
+        # Per tensor, in turn: fp32 copies of the gradient and the weight plus the fp32 update.
+        largest = arch.vocab * arch.hidden if pr.head_trainable else max(
+            lin.in_features * lin.out_features for lin in arch.block)
+        if pr.adapter:
+            largest = max(setup.lora_rank * max(lin.in_features, lin.out_features)
+                          for lin in arch.lora_targets(setup.lora_targets))
+        terms.append(Term("optimizer", "Adafactor fp32 temporaries (largest tensor)", 12 * largest, ("step",),
+                          source="grad.float(), p.float() and the update for one tensor at a time"))
     elif optim == "adamw":
         # torch.optim.AdamW's default foreach path computes sqrt(v) for all params at once.
         temp = base * w.moment + adapter * 4
