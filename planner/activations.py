@@ -62,7 +62,7 @@ def _norm_saved(arch: Architecture, trainable: bool, p: Precision, width: int | 
     return 4 * width + 8 + extra
 
 
-def _reads_width(arch: Architecture, reads: str, moe: bool) -> int:
+def _reads_width(arch: Architecture, reads: str) -> int:
     return {"attn_in": arch.hidden, "attn_out": arch.q_dim, "mlp_in": arch.hidden,
             "mlp_mid": arch.intermediate}[reads]
 
@@ -96,14 +96,14 @@ def block_activations(arch: Architecture, *, trainable: bool, adapters: tuple[Li
         if reads == "mlp_in" and arch.parallel_block:
             reads_w = 0 if "attn_in" in kept_inputs else h
         else:
-            reads_w = _reads_width(arch, reads, moe)
+            reads_w = _reads_width(arch, reads)
         copies = routed if reads.startswith("mlp") else 1
         saved += copies * dt * reads_w
 
     # LoRA: each adapter keeps its own copy of its input and, with dropout, the mask; A's output (r)
     # is kept for B.
     for lin in adapters:
-        width = _reads_width(arch, lin.reads, moe)
+        width = _reads_width(arch, lin.reads)
         copies = routed if lin.reads.startswith("mlp") else 1
         saved += copies * (dt + (MASK_BYTES if lora_dropout > 0 else 0)) * width
         saved += copies * 4 * lora_rank

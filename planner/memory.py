@@ -60,6 +60,8 @@ class Term:
     """`allocated`; `reserved` (allocator slack that stays); `cached` (reserved growth over a long
     run that the allocator gives back under pressure); or `driver` (outside PyTorch)."""
     source: str = ""
+    state: bool = False
+    """Part of the model states (weights, gradients, optimizer states) the ZeRO arithmetic counts."""
 
 
 @dataclass(frozen=True)
@@ -219,12 +221,8 @@ def estimate(arch: Architecture, setup: Setup, cluster: Cluster) -> MemoryEstima
     terms += grads + opt
     terms += activation_terms(arch, setup, w, pr)
     terms += overhead_terms(terms, setup, cluster, pr)
-    states = sum(t.bytes for t in terms if t.name in _STATE_NAMES)
+    states = sum(t.bytes for t in terms if t.state)
     return MemoryEstimate(tuple(terms), cluster.gpu.memory_bytes, cpu_ram(arch, setup, cluster, w, pr), states)
-
-
-_STATE_NAMES = {"model weights", "quantized linear weights", "16-bit weights (embeddings, head, norms)",
-                "LoRA adapter weights", "gradients", "adapter gradients", "optimizer moments", "fp32 master weights"}
 
 
 def _shard(setup: Setup, cluster: Cluster, stage: int) -> int:
@@ -240,10 +238,10 @@ def weight_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, 
         terms += _quantized_weight_terms(arch, setup, pr)
     else:
         terms.append(Term("weights", "model weights", on_gpu * pr.total * w.weight / shard,
-                          source=f"{pr.total:,} params x {w.weight} B ({setup.precision}); ZeRO-3 shards over {shard}"))
+                          source=f"{pr.total:,} params x {w.weight} B ({setup.precision}); ZeRO-3 shards over {shard}", state=True))
     if pr.adapter:
         terms.append(Term("weights", "LoRA adapter weights", pr.adapter * w.adapter,
-                          source=f"r={setup.lora_rank} A and B for {setup.lora_targets}; peft stores them fp32"))
+                          source=f"r={setup.lora_rank} A and B for {setup.lora_targets}; peft stores them fp32", state=True))
     if setup.zero == 3:
         # ZeRO-3 all-gathers each module's 16-bit params before use, prefetching the next one.
         gathered = 2 * max(arch.embedding_params, arch.head_params, 2 * max(arch.layer_params))
@@ -262,9 +260,9 @@ def _quantized_weight_terms(arch: Architecture, setup: Setup, pr: Params) -> lis
     rest = pr.total - pr.quantized
     rest_bytes = 4 if setup.precision == "fp32" else 2  # loaded in the compute dtype, not upcast to fp32
     return [Term("weights", "quantized linear weights", pr.quantized * per,
-                 source=f"{pr.quantized:,} linear params in {setup.quant} ({per:.4f} B each)"),
+                 source=f"{pr.quantized:,} linear params in {setup.quant} ({per:.4f} B each)", state=True),
             Term("weights", "16-bit weights (embeddings, head, norms)", rest * rest_bytes,
-                 source="embeddings, LM head and norms stay in the compute dtype"),
+                 source="embeddings, LM head and norms stay in the compute dtype", state=True),
             Term("weights", "dequantized weight (one layer at a time)", 2 * max(
                 lin.in_features * lin.out_features for lin in arch.block), ("backward",),
                 source="bitsandbytes dequantizes a 4-bit weight to bf16 for each matmul")]
@@ -278,7 +276,8 @@ def gradient_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths
     if pr.trainable_base:
         grad = 0 if offloaded else pr.trainable_base * w.grad / shard
         terms.append(Term("gradients", "gradients", grad, phases,
-                          source=f"{pr.trainable_base:,} trainable x {w.grad} B; ZeRO-2/3 shard over {shard}"))
+                          source=f"{pr.trainable_base:,} trainable x {w.grad} B; ZeRO-2/3 shard over {shard}",
+                          state=True))
         if not setup.grads_persist and pr.head_trainable:
             terms.append(Term("gradients", "LM head gradient during backward", arch.vocab * arch.hidden * w.grad,
                               ("backward",), source="first weight gradient produced, while activations are alive"))
@@ -287,7 +286,7 @@ def gradient_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths
                               source="reduce_bucket_size=auto (hidden^2), double-buffered, 16-bit"))
     if pr.adapter:
         terms.append(Term("gradients", "adapter gradients", pr.adapter * w.adapter, phases,
-                          source="gradients of the LoRA weights, same dtype"))
+                          source="gradients of the LoRA weights, same dtype", state=True))
     return terms
 
 
@@ -334,10 +333,12 @@ def optimizer_terms(setup: Setup, cluster: Cluster, w: Widths, pr: Params, arch:
         src = f"{moments} moment(s) x {w.moment} B per trainable param"
     if on_cpu:
         states = 0
-    terms.append(Term("optimizer", "optimizer moments", states, pool=pool, source=src + f"; ZeRO-1+ shards over {shard}"))
+    terms.append(Term("optimizer", "optimizer moments", states, pool=pool, source=src + f"; ZeRO-1+ shards over {shard}",
+                      state=True))
     if w.master and not on_cpu:
         terms.append(Term("optimizer", "fp32 master weights", (base + adapter) * w.master,
-                          source="fp32 copy of the trainable params kept by the mixed-precision optimizer"))
+                          source="fp32 copy of the trainable params kept by the mixed-precision optimizer",
+                          state=True))
     if on_cpu:
         return terms
     if setup.deepspeed:

@@ -25,9 +25,16 @@ class Estimate:
     refusals: tuple[Refusal, ...]
     warnings: tuple[str, ...]
 
+    host_ram_bytes: int | None = None
+
+    @property
+    def host_ram_fits(self) -> bool:
+        """Host RAM suffices (True when the node's RAM is unknown)."""
+        return self.host_ram_bytes is None or self.memory.cpu_ram_bytes <= self.host_ram_bytes
+
     @property
     def fits(self) -> bool:
-        return not self.refusals and self.memory.fits
+        return not self.refusals and self.memory.fits and self.host_ram_fits
 
 
 @dataclass(frozen=True)
@@ -40,9 +47,14 @@ class Plan:
 
 def evaluate_setup(arch: Architecture, setup: Setup, cluster: Cluster) -> Estimate:
     """Memory, speed and fit limits of one setup."""
-    return Estimate(setup, estimate(arch, setup, cluster), estimate_throughput(arch, setup, cluster),
-                    max_micro_batch(arch, setup, cluster), max_seq_len(arch, setup, cluster),
-                    tuple(refusals(arch, setup, cluster)), tuple(warnings(arch, setup, cluster)))
+    mem = estimate(arch, setup, cluster)
+    notes = list(warnings(arch, setup, cluster))
+    host = cluster.host_ram_bytes
+    if host is not None and mem.cpu_ram_bytes > host:
+        notes.append(f"needs about {mem.cpu_ram_bytes / 2**30:.0f} GiB of host RAM per node, "
+                     f"more than the {host / 2**30:.0f} GiB there")
+    return Estimate(setup, mem, estimate_throughput(arch, setup, cluster), max_micro_batch(arch, setup, cluster),
+                    max_seq_len(arch, setup, cluster), tuple(refusals(arch, setup, cluster)), tuple(notes), host)
 
 
 def make_plan(model: ModelEntry, setup: Setup, cluster: Cluster, *, recommend_tuner: bool,

@@ -32,10 +32,8 @@ class Candidate:
     throughput: Throughput
     refusal: Refusal | None = None
 
-    @property
-    def fits(self) -> bool:
-        """Fits with the recommender's headroom."""
-        return self.refusal is None and fits_with_headroom(self.memory)
+    fits: bool = False
+    """Can run, fits the GPU with the recommender's headroom and the node's host RAM."""
 
 
 @dataclass(frozen=True)
@@ -59,14 +57,21 @@ class Recommendation:
     learning_rate: float | None
 
 
-def fits_with_headroom(mem: MemoryEstimate) -> bool:
-    return mem.required <= (mem.capacity_bytes - USABLE_MARGIN) * (1 - HEADROOM)
+ASSUMED_HOST_RAM = 256 * 2**30
+"""Host RAM per node assumed when ranking setups for a machine we cannot see (--host-ram to set)."""
+
+
+def fits_with_headroom(mem: MemoryEstimate, cluster: Cluster) -> bool:
+    """Fits on the GPU with headroom, and in the node's host RAM."""
+    host = cluster.host_ram_bytes or ASSUMED_HOST_RAM
+    return mem.required <= (mem.capacity_bytes - USABLE_MARGIN) * (1 - HEADROOM) and mem.cpu_ram_bytes <= host
 
 
 def evaluate(arch: Architecture, setup: Setup, cluster: Cluster) -> Candidate:
     refused = refusals(arch, setup, cluster)
-    return Candidate(setup, estimate(arch, setup, cluster), estimate_throughput(arch, setup, cluster),
-                     refused[0] if refused else None)
+    mem = estimate(arch, setup, cluster)
+    return Candidate(setup, mem, estimate_throughput(arch, setup, cluster), refused[0] if refused else None,
+                     not refused and fits_with_headroom(mem, cluster))
 
 
 def largest_fitting(low: int, high: int, fits) -> int:
@@ -144,7 +149,8 @@ def _best_variant(arch: Architecture, base: Setup, cluster: Cluster, tuner: str,
         if "micro_batch" in fixed:
             cand = first
         else:
-            mb = largest_fitting(1, mb_cap, lambda b: fits_with_headroom(estimate(arch, setup.but(micro_batch=b), cluster)))
+            mb = largest_fitting(1, mb_cap, lambda b: fits_with_headroom(estimate(arch, setup.but(micro_batch=b), cluster),
+                                                                         cluster))
             cand = evaluate(arch, setup.but(micro_batch=_divisor_at_most(per_gpu, mb)), cluster)
         if best is None or (OFFLOAD_RANK[cand.setup.offload], not _faster(cand, best)) < (OFFLOAD_RANK[best.setup.offload], False):
             best = cand
@@ -193,7 +199,7 @@ def recommend(arch: Architecture, base: Setup, cluster: Cluster, global_batch: i
         best, smallest = _best_variant(arch, base, cluster, tuner, zero, mb_cap, fixed)
         rows.append((tuner, zero, best, smallest))
     chosen = _choose([r[2] for r in rows if r[2] is not None])
-    alternatives = tuple(_alternative(r, chosen) for r in rows)
+    alternatives = tuple(_alternative(r, chosen, cluster) for r in rows)
     if chosen is None:
         return Recommendation(None, (_nothing_fits(arch, cluster, rows),), alternatives, 1, global_batch, None)
     accum = max(1, math.ceil(global_batch / (chosen.setup.micro_batch * cluster.world)))
@@ -207,16 +213,8 @@ def _gib(x: float) -> str:
     return f"{x / 2**30:.1f} GiB"
 
 
-def _describe(s: Setup) -> str:
-    parts = [s.tuner, f"ZeRO-{s.zero}" if s.zero else "DDP", s.precision]
-    if s.offload != "none":
-        parts.append(f"offload {s.offload}")
-    parts.append("grad-ckpt" if s.grad_ckpt else "no grad-ckpt")
-    parts.append(f"micro-batch {s.micro_batch}")
-    return ", ".join(parts)
-
-
-def _alternative(row: tuple[str, int, Candidate | None, Candidate | None], chosen: Candidate | None) -> Alternative:
+def _alternative(row: tuple[str, int, Candidate | None, Candidate | None], chosen: Candidate | None,
+                 cluster: Cluster) -> Alternative:
     tuner, zero, best, smallest = row
     if best is not None:
         if chosen is not None and best.setup.tuner == chosen.setup.tuner and best.setup.zero == chosen.setup.zero:
@@ -237,29 +235,39 @@ def _alternative(row: tuple[str, int, Candidate | None, Candidate | None], chose
         return Alternative(tuner, zero, None, False, "no variant to try")
     if smallest.refusal is not None:
         return Alternative(tuner, zero, smallest, False, f"refused: {smallest.refusal.reason}")
-    need, cap = smallest.memory.required, smallest.memory.capacity_bytes
-    return Alternative(tuner, zero, smallest, False,
-                       f"does not fit: needs {_gib(need)} per GPU even with {_describe(smallest.setup)}; "
-                       f"{_gib(cap)} available")
+    return Alternative(tuner, zero, smallest, False, _why_not(smallest, cluster))
+
+
+def _why_not(cand: Candidate, cluster: Cluster) -> str:
+    mem = cand.memory
+    gpu_room = (mem.capacity_bytes - USABLE_MARGIN) * (1 - HEADROOM)
+    if mem.required > gpu_room:
+        return (f"does not fit: needs {_gib(mem.required)} per GPU even with {cand.setup.summary()}; "
+                f"{_gib(mem.capacity_bytes)} available")
+    host = cluster.host_ram_bytes or ASSUMED_HOST_RAM
+    known = "" if cluster.host_ram_bytes else " (assumed; set --host-ram)"
+    return (f"needs {_gib(mem.cpu_ram_bytes)} of host RAM per node with {cand.setup.summary()}; "
+            f"{_gib(host)} there{known}")
 
 
 def _reasons(chosen: Candidate, cluster: Cluster, rows, accum: int, global_batch: int) -> tuple[str, ...]:
     s, mem = chosen.setup, chosen.memory
-    reasons = [f"{_describe(s)} fits: {_gib(mem.required)} of {_gib(mem.capacity_bytes)} per GPU "
-               f"({HEADROOM:.0%} kept free)"]
-    better = [t for t in QUALITY[:QUALITY.index(s.tuner)]]
-    offloaded = sorted({r[0] for r in rows if r[2] is not None and r[2].setup.offload != "none"
-                        and r[0] in better})
-    if better:
-        reasons.append(f"{', '.join(b for b in better if b not in offloaded) or 'nothing better'} "
-                       f"{'does' if len(better) - len(offloaded) == 1 else 'do'} not fit on {cluster.world} x "
-                       f"{cluster.gpu.name}; {s.tuner} is the best-quality tuner that does "
-                       "(full > LISA > LoRA > QLoRA)")
-        if offloaded:
-            reasons.append(f"{', '.join(offloaded)} would fit only with CPU offload, which trades much speed "
-                           "and host RAM for memory (seed 004 advises against it while something else fits)")
-    else:
+    reasons = [f"fits: needs {_gib(mem.required)} of {_gib(mem.capacity_bytes)} per GPU, keeping "
+               f"{HEADROOM:.0%} free"]
+    better = QUALITY[:QUALITY.index(s.tuner)]
+    offloaded = [t for t in better if any(r[0] == t and r[2] is not None for r in rows)]
+    missing = [t for t in better if t not in offloaded]
+    if not better:
         reasons.append("full fine-tuning fits, and it reaches the lowest loss (seed 000; seed 003 on LoRA's gap)")
+    else:
+        where = f"{cluster.world} x {cluster.gpu.name}"
+        if missing:
+            reasons.append(f"{' and '.join(missing)} {'does' if len(missing) == 1 else 'do'} not fit on {where}")
+        if offloaded:
+            reasons.append(f"{' and '.join(offloaded)} would fit only with CPU offload, which trades much speed and "
+                           "host RAM for memory (seed 004 advises against it while something else fits)")
+        reasons.append(f"{s.tuner} is the best-quality tuner that fits"
+                       + (" without offload" if offloaded else "") + " (full > LISA > LoRA > QLoRA, seeds 000/003)")
     if s.offload != "none":
         reasons.append(f"nothing fits without CPU offload; it needs about {mem.cpu_ram_bytes / 2**30:.0f} GiB "
                        "of host RAM per node")
@@ -283,5 +291,5 @@ def _nothing_fits(arch: Architecture, cluster: Cluster, rows) -> str:
     if smallest is None:
         return "nothing fits, and no setup could be evaluated"
     return (f"nothing fits on {cluster.world} x {cluster.gpu.name}: the smallest setup "
-            f"({_describe(smallest.setup)}) needs {_gib(smallest.memory.required)} per GPU. "
+            f"({smallest.setup.summary()}) needs {_gib(smallest.memory.required)} per GPU. "
             "Use more or larger GPUs, a shorter --seq-len, or a smaller model")

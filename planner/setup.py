@@ -97,6 +97,24 @@ class Setup:
         """Gradients outlive the backward pass (accumulation over several micro-batches)."""
         return self.grad_accum is None or self.grad_accum > 1
 
+    def summary(self) -> str:
+        """One line a person can read: `lora r=8 all-linear · ZeRO-2 · bf16-mixed · ...`."""
+        bits = [self.tuner + (" (DoRA)" if self.dora and self.adapters else "")]
+        if self.adapters:
+            bits.append(f"r={self.lora_rank} {self.lora_targets}" + (f" {self.quant}" if self.tuner == "qlora" else ""))
+        if self.tuner == "lisa":
+            bits.append(f"{self.lisa_layers} layers at a time")
+        if self.tuner == "freeze":
+            bits.append(f"top {self.trainable_layers} layers")
+        bits += [f"ZeRO-{self.zero}" if self.zero else "no ZeRO", self.precision, self.optim]
+        if self.offload != "none":
+            bits.append(f"offload {self.offload}")
+        bits += ["grad-ckpt" if self.grad_ckpt else "no grad-ckpt", f"{self.attn} attention",
+                 f"micro-batch {self.micro_batch} x {self.seq_len} tokens"]
+        if self.grad_accum:
+            bits.append(f"grad-accum {self.grad_accum}")
+        return " · ".join(bits)
+
     def but(self, **changes: object) -> "Setup":
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
@@ -109,6 +127,8 @@ class Cluster:
     gpu: GpuSpec
     gpus_per_node: int = 1
     nodes: int = 1
+    host_ram_bytes: int | None = None
+    """Host memory per node, when known (offload and model loading need it)."""
 
     def __post_init__(self) -> None:
         _positive("--gpus", self.gpus_per_node)

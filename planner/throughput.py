@@ -40,10 +40,6 @@ class Throughput:
     """Whole-cluster training tokens per second."""
     mfu: float
 
-    @property
-    def tokens_per_s_per_gpu(self) -> float:
-        return self.tokens_per_s
-
 
 def flops_per_token(arch: Architecture, setup: Setup, pr: Params) -> float:
     """Training FLOPs per token: forward, backward and recomputation."""
@@ -57,7 +53,8 @@ def flops_per_token(arch: Architecture, setup: Setup, pr: Params) -> float:
     trained, grad_layers = pr.trained_layers, pr.grad_layers
     frozen = grad_layers - trained
     fwd = arch.layers * fwd_layer + head
-    bwd = trained * 2 * fwd_layer + frozen * (fwd_layer + (attn if True else 0)) + head * (2 if pr.head_trainable else 1)
+    # Frozen layers still pass gradients down: the input-gradient matmuls and the attention backward.
+    bwd = trained * 2 * fwd_layer + frozen * (fwd_layer + attn) + head * (2 if pr.head_trainable else 1)
     if pr.adapter:
         bwd += 6 * pr.adapter  # adapters: forward + both gradients, 2 FLOPs each
     recompute = grad_layers * fwd_layer if setup.grad_ckpt else 0

@@ -11,6 +11,7 @@ from planner.catalog import entries
 from planner.dataset_stats import DatasetError, dataset_stats
 from planner.gpus import GPUS, GpuSpec, match_nvml_name
 from planner.setup import ATTENTIONS, OFFLOADS, OPTIMIZERS, PRECISIONS, QUANTS, TUNERS
+from runner.host import host_ram_bytes
 from runner.nvml import NoGpu, local_gpus
 
 from . import plan_view
@@ -40,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gpu = p.add_mutually_exclusive_group()
     gpu.add_argument("--gpu", metavar="TYPE", help="GPU type, e.g. a100-80g, h100-80g, l40s, rtx4090, a10g, t4")
     gpu.add_argument("--gpu-mem", type=_positive_float, metavar="GIB", help="GPU memory in GiB (unknown GPU type)")
+    p.add_argument("--host-ram", type=_positive_float, metavar="GIB",
+                   help="host RAM per node in GiB (default: this machine's when planning for its GPUs)")
     p.add_argument("--tuner", type=_canonical, choices=TUNERS + ("dora",),
                    help="evaluate this tuner (omit to get a recommendation); dora = LoRA with DoRA")
     p.add_argument("--dora", action="store_true", help="LoRA/QLoRA with weight-decomposed adapters (DoRA)")
@@ -107,21 +110,22 @@ def _positive_float(text: str) -> float:
 
 def resolve_cluster(args: argparse.Namespace) -> tuple[Cluster, str]:
     """The GPUs to plan for: --gpu / --gpu-mem, else what NVML sees here."""
+    host = int(args.host_ram * 2**30) if args.host_ram else None
     if args.gpu:
         try:
             spec = gpu_spec(args.gpu)
         except ValueError as err:
             raise CliError(f"--gpu: {err}") from None
-        return Cluster(spec, args.gpus or 1, args.nodes), "--gpu"
+        return Cluster(spec, args.gpus or 1, args.nodes, host), "--gpu"
     if args.gpu_mem:
-        return Cluster(generic_gpu(args.gpu_mem), args.gpus or 1, args.nodes), "--gpu-mem"
+        return Cluster(generic_gpu(args.gpu_mem), args.gpus or 1, args.nodes, host), "--gpu-mem"
     try:
         found = local_gpus()
     except NoGpu as err:
         types = ", ".join(g.key for g in GPUS)
         raise CliError(f"{err}. Say which GPUs to plan for: --gpu TYPE (one of {types}) or --gpu-mem GIB") from None
     spec: GpuSpec = match_nvml_name(found[0].name, found[0].memory_total_mib)
-    return Cluster(spec, args.gpus or len(found), args.nodes), "nvml"
+    return Cluster(spec, args.gpus or len(found), args.nodes, host or host_ram_bytes()), "nvml"
 
 
 def build_setup(args: argparse.Namespace, cluster: Cluster, seq_len: int) -> tuple[Setup, frozenset[str]]:

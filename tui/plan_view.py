@@ -52,6 +52,7 @@ def estimate_json(est: Estimate, stats: DatasetStats | None = None) -> dict[str,
         "max_micro_batch": est.max_micro_batch,
         "max_seq_len": est.max_seq_len,
         "tokens_per_s": round(est.throughput.tokens_per_s, 1),
+        "host_ram_fits": est.host_ram_fits,
         "setup": setup_json(est.setup),
         "capacity_gib": gib(mem.capacity_bytes),
         "required_gib": gib(mem.required),
@@ -88,7 +89,8 @@ def to_json(plan: Plan, gpu_source: str, stats: DatasetStats | None = None) -> d
     out: dict[str, Any] = {
         "model": model_json(plan.model),
         "cluster": {"gpu": c.gpu.key, "gpu_name": c.gpu.name, "gpu_memory_gib": round(c.gpu.memory_gib, 2),
-                    "gpus_per_node": c.gpus_per_node, "nodes": c.nodes, "world": c.world, "source": gpu_source},
+                    "gpus_per_node": c.gpus_per_node, "nodes": c.nodes, "world": c.world, "source": gpu_source,
+                    "host_ram_gib": gib(c.host_ram_bytes) if c.host_ram_bytes else None},
     }
     if stats is not None:
         out["dataset"] = asdict(stats)
@@ -116,24 +118,6 @@ def _console():
     return Console(highlight=False)
 
 
-def _describe(s: Setup) -> str:
-    bits = [s.tuner]
-    if s.tuner in ("lora", "qlora"):
-        bits.append(f"r={s.lora_rank} {s.lora_targets}" + (f" {s.quant}" if s.tuner == "qlora" else ""))
-    if s.tuner == "lisa":
-        bits.append(f"{s.lisa_layers} layers")
-    if s.tuner == "freeze":
-        bits.append(f"top {s.trainable_layers} layers")
-    bits += [f"ZeRO-{s.zero}" if s.zero else "no ZeRO", s.precision, s.optim]
-    if s.offload != "none":
-        bits.append(f"offload {s.offload}")
-    bits += ["grad-ckpt" if s.grad_ckpt else "no grad-ckpt", f"{s.attn} attention",
-             f"micro-batch {s.micro_batch} x {s.seq_len} tokens"]
-    if s.grad_accum:
-        bits.append(f"grad-accum {s.grad_accum}")
-    return " · ".join(bits)
-
-
 def memory_table(mem: MemoryEstimate):
     from rich.table import Table
     t = Table(title="Per-GPU memory (GiB)", title_justify="left", box=None, pad_edge=False)
@@ -154,7 +138,7 @@ def memory_table(mem: MemoryEstimate):
 
 def render_estimate(console, est: Estimate, stats: DatasetStats | None, title: str) -> None:
     mem = est.memory
-    console.print(f"[bold]{title}[/bold]: {_describe(est.setup)}")
+    console.print(f"[bold]{title}[/bold]: {est.setup.summary()}")
     console.print(memory_table(mem))
     verdict = "[green]fits[/green]" if est.fits else "[red]does not fit[/red]"
     console.print(f"{verdict}: needs {mem.required / GIB:.1f} of {mem.capacity_bytes / GIB:.1f} GiB per GPU · "
