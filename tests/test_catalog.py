@@ -272,3 +272,22 @@ def test_unsupported_model_type_names_it(tmp_path):
 def test_directory_without_config_json_says_so(tmp_path):
     with pytest.raises(UnknownModel, match="no config.json"):
         resolve_model(str(tmp_path))
+
+
+# --- LoRA target names across families ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "typed", "expected"), [
+    ("qwen-7b", "q_proj,v_proj", ["c_attn"]),
+    ("chatglm3-6b", "q_proj", ["query_key_value"]),
+    ("phi-3-mini", "q_proj,gate_proj", ["qkv_proj", "gate_up_proj"]),
+    ("falcon-7b", "o_proj,down_proj", ["dense", "dense_4h_to_h"]),
+    ("llama-2-7b", "q_proj,v_proj", ["q_proj", "v_proj"]),
+])
+def test_llama_module_names_map_to_a_familys_single_module_for_that_role(model, typed, expected):
+    assert [lin.name for lin in resolve_model(model).arch.lora_targets(typed)] == expected
+
+
+def test_an_ambiguous_llama_name_is_an_error_listing_the_real_modules():
+    with pytest.raises(ValueError, match="w1, w2"):
+        resolve_model("qwen-7b").arch.lora_targets("gate_proj")  # Qwen-1 has two MLP input projections

@@ -316,3 +316,47 @@ def test_dataset_json_scalar_is_a_user_error(capsys, tmp_path):
     code, _, err = ftui(capsys, "plan", "--model", "7b", "--gpu", "t4", "--tuner", "lora", "--dataset", str(data))
     assert code == 2, err
     assert "internal error" not in err
+
+
+# --- spellings other tools use, and host RAM ---------------------------------------------
+
+
+@pytest.mark.parametrize(("flag", "typed", "key", "expected"), [
+    ("--gpu", "a10g-24g", None, None),
+    ("--gpu", "L40S-48G", None, None),
+    ("--optim", "paged_adamw", "optim", "paged-adamw"),
+    ("--optim", "adamw_torch", "optim", "adamw"),
+    ("--quant", "nf4-dq", "quant", "nf4"),
+    ("--attn", "SDPA", "attn", "sdpa"),
+])
+def test_plan_accepts_the_spellings_other_tools_use(capsys, flag, typed, key, expected):
+    argv = ["plan", "--model", "7b", "--tuner", "qlora", flag, typed]
+    if flag != "--gpu":
+        argv += ["--gpu", "a100-80g"]
+    est = ftui_json(capsys, *argv)["estimate"]
+    if key:
+        assert est["setup"][key] == expected
+
+
+def test_tuner_dora_is_lora_with_weight_decomposition(capsys):
+    dora = ftui_json(capsys, "plan", "--model", "7b", "--gpu", "a100-80g", "--tuner", "dora")["estimate"]
+    lora = ftui_json(capsys, "plan", "--model", "7b", "--gpu", "a100-80g", "--tuner", "lora")["estimate"]
+    assert dora["setup"]["tuner"] == "lora" and dora["setup"]["dora"] is True
+    assert dora["per_gpu"]["activations_gib"] > lora["per_gpu"]["activations_gib"]
+
+
+def test_host_ram_limit_turns_an_offloaded_setup_into_a_misfit(capsys):
+    argv = ("plan", "--model", "13b", "--gpu", "rtx4090", "--tuner", "full", "--zero", "3", "--offload",
+            "optimizer+params", "--precision", "bf16-mixed")
+    roomy = ftui_json(capsys, *argv, "--host-ram", "2048")
+    tight = ftui_json(capsys, *argv, "--host-ram", "32")
+    assert roomy["cluster"]["host_ram_gib"] == 2048
+    assert roomy["estimate"]["host_ram_fits"] and not tight["estimate"]["host_ram_fits"]
+    assert not tight["estimate"]["fits"]
+    assert any("host RAM" in w for w in tight["estimate"]["warnings"])
+
+
+def test_recommendation_explains_a_host_ram_limit(capsys):
+    doc = ftui_json(capsys, "plan", "--model", "70b", "--gpu", "a100-40g", "--host-ram", "64")
+    reasons = [a["reason"] for a in doc["alternatives"] if not a["fits"]]
+    assert any("host RAM" in r and "64.0 GiB there" in r for r in reasons)

@@ -326,3 +326,27 @@ def test_longer_sequences_never_need_less_memory(tuner):
         required = [estimate(a, Setup(tuner=tuner, seq_len=s, attn=attn), ONE).required
                     for s in (256, 512, 1024, 2048, 4096, 8192)]
         assert required == sorted(required), (attn, required)
+
+
+# --- Adafactor, paged 32-bit AdamW -------------------------------------------------------
+
+
+def test_adafactor_keeps_factored_states_and_per_tensor_fp32_temporaries():
+    arch = resolve_model("llama-2-7b").arch
+    cluster = Cluster(gpu_spec("a100-80g"))
+    ada = estimate(arch, Setup(tuner="full", optim="adafactor"), cluster)
+    adam = estimate(arch, Setup(tuner="full", optim="adamw"), cluster)
+    moments = {t.name: t for t in ada.terms}["optimizer moments"].bytes
+    # rows + cols per matrix: tiny next to Adam's 2 x 2 bytes per param
+    assert moments < adam.part("optimizer", "backward") / 500
+    temp = {t.name: t for t in ada.terms}["Adafactor fp32 temporaries (largest tensor)"]
+    assert temp.phases == ("step",)
+    assert temp.bytes == 12 * arch.vocab * arch.hidden  # the embedding is the largest trained tensor
+
+
+def test_paged_32bit_adamw_keeps_fp32_moments_outside_the_allocator():
+    arch = resolve_model("llama-2-7b").arch
+    est = estimate(arch, Setup(tuner="qlora", optim="paged-adamw"), Cluster(gpu_spec("a100-80g")))
+    term = {t.name: t for t in est.terms}["optimizer moments"]
+    assert term.pool == "driver"
+    assert term.bytes == pytest.approx(8 * arch.lora_params("all-linear", 8))

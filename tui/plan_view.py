@@ -19,6 +19,17 @@ def gib(x: float) -> float:
     return round(x / GIB, 3)
 
 
+def duration(seconds: float) -> str:
+    """`45 s`, `12 min`, `3.4 h`, `2.1 days`."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 # --- JSON --------------------------------------------------------------------------------
 
 
@@ -145,8 +156,8 @@ def render_estimate(console, est: Estimate, stats: DatasetStats | None, title: s
                   f"max micro-batch {est.max_micro_batch} · max seq len {est.max_seq_len:,} · "
                   f"{est.throughput.tokens_per_s:,.0f} tokens/s · host RAM {mem.cpu_ram_bytes / GIB:.0f} GiB per node")
     if stats is not None:
-        hours = stats.total_tokens / est.throughput.tokens_per_s / 3600
-        console.print(f"one epoch of ~{stats.total_tokens:,} tokens: about {hours:.1f} h")
+        seconds = stats.total_tokens / est.throughput.tokens_per_s
+        console.print(f"one epoch of ~{stats.total_tokens:,} tokens: about {duration(seconds)}")
     for r in est.refusals:
         console.print(f"[red]refused[/red] ({r.rule}): {r.reason}")
     for w in est.warnings:
@@ -159,12 +170,26 @@ def alternatives_table(alts: Iterable[Alternative]):
     for col, just in (("tuner", "left"), ("ZeRO", "right"), ("fits", "left"), ("GiB/GPU", "right"),
                       ("tokens/s", "right"), ("why not", "left")):
         t.add_column(col, justify=just)
-    for a in alts:
-        c = a.candidate
-        t.add_row(a.tuner, str(a.zero), "yes" if a.fits else "no",
+    for group in _merge_refusals(list(alts)):
+        a, c = group[0], group[0].candidate
+        stages = str(a.zero) if len(group) == 1 else f"{group[0].zero}-{group[-1].zero}"
+        t.add_row(a.tuner, stages, "yes" if a.fits else "no",
                   f"{c.memory.required / GIB:.1f}" if c and c.refusal is None else "-",
                   f"{c.throughput.tokens_per_s:,.0f}" if c and a.fits else "-", a.reason)
     return t
+
+
+def _merge_refusals(alts: list[Alternative]) -> list[list[Alternative]]:
+    """Consecutive ZeRO stages of one tuner refused for the same reason share a row."""
+    groups: list[list[Alternative]] = []
+    for a in alts:
+        last = groups[-1][-1] if groups else None
+        if (last is not None and a.reason.startswith("refused") and a.reason == last.reason
+                and a.tuner == last.tuner and a.zero == last.zero + 1):
+            groups[-1].append(a)
+        else:
+            groups.append([a])
+    return groups
 
 
 def render(plan: Plan, gpu_source: str, stats: DatasetStats | None = None) -> None:
