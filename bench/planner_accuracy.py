@@ -27,10 +27,22 @@ from tui.cli import main as ftui  # noqa: E402
 
 DEFAULT_CSV = ROOT.parent / "shared" / "validation" / "memory_public.csv"
 METRIC_KEY = {"reserved": "peak_reserved_gib", "allocated": "peak_allocated_gib", "nvml": "nvml_used_gib"}
-FLAGS = {"tuner": "--tuner", "lora_rank": "--lora-rank", "lora_targets": "--lora-targets",
-         "lisa_layers": "--lisa-layers", "quant": "--quant", "precision": "--precision", "optim": "--optim",
-         "zero": "--zero", "offload": "--offload", "gpus": "--gpus", "gpu": "--gpu",
-         "micro_batch": "--micro-batch", "seq_len": "--seq-len", "attn": "--attn"}
+FLAGS = {
+    "tuner": "--tuner",
+    "lora_rank": "--lora-rank",
+    "lora_targets": "--lora-targets",
+    "lisa_layers": "--lisa-layers",
+    "quant": "--quant",
+    "precision": "--precision",
+    "optim": "--optim",
+    "zero": "--zero",
+    "offload": "--offload",
+    "gpus": "--gpus",
+    "gpu": "--gpu",
+    "micro_batch": "--micro-batch",
+    "seq_len": "--seq-len",
+    "attn": "--attn",
+}
 
 
 def plan_argv(row: dict[str, str]) -> list[str]:
@@ -61,22 +73,28 @@ def main() -> int:
     errors: list[float] = []
     fit_checks: list[bool] = []
     started = time.perf_counter()
-    print(f"{'id':6} {'model':14} {'tuner':5} {'mb':>3} {'seq':>5} {'ckpt':>4} {'attn':5} {'metric':9} "
-          f"{'measured':>9} {'predicted':>9} {'error':>8}")
+    print(
+        f"{'id':6} {'model':14} {'tuner':5} {'mb':>3} {'seq':>5} {'ckpt':>4} {'attn':5} {'metric':9} "
+        f"{'measured':>9} {'predicted':>9} {'error':>8}"
+    )
     for row in rows:
         try:
             est = run_plan(plan_argv(row))
         except RuntimeError as err:
             print(f"{row['id']:6} could not plan: {err}")
             continue
-        head = (f"{row['id']:6} {row['model']:14} {row['tuner']:5} {row['micro_batch']:>3} {row['seq_len']:>5} "
-                f"{row['grad_ckpt']:>4} {row['attn']:5} {row['metric']:9}")
+        head = (
+            f"{row['id']:6} {row['model']:14} {row['tuner']:5} {row['micro_batch']:>3} {row['seq_len']:>5} "
+            f"{row['grad_ckpt']:>4} {row['attn']:5} {row['metric']:9}"
+        )
         if row["metric"] == "fits":
             expected = row["kind"] != "oom"
             ok = est["fits"] == expected
             fit_checks.append(ok)
-            print(f"{head} {'fits' if expected else 'OOM':>9} {'fits' if est['fits'] else 'OOM':>9} "
-                  f"{'ok' if ok else 'WRONG':>8}   (needs {est['required_gib']:.1f} of {est['capacity_gib']:.1f} GiB)")
+            print(
+                f"{head} {'fits' if expected else 'OOM':>9} {'fits' if est['fits'] else 'OOM':>9} "
+                f"{'ok' if ok else 'WRONG':>8}   (needs {est['required_gib']:.1f} of {est['capacity_gib']:.1f} GiB)"
+            )
             continue
         measured = float(row["value"])
         predicted = est["per_gpu"][METRIC_KEY[row["metric"]]]
@@ -89,8 +107,10 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     print()
     if errors:
-        print(f"mean absolute error: {sum(errors) / len(errors):.1%} over {len(errors)} measured rows "
-              f"(max {max(errors):.1%})")
+        print(
+            f"mean absolute error: {sum(errors) / len(errors):.1%} over {len(errors)} measured rows "
+            f"(max {max(errors):.1%})"
+        )
     if fit_checks:
         print(f"fit verdicts: {sum(fit_checks)}/{len(fit_checks)} correct")
     print(f"planned {len(rows)} rows in {elapsed:.2f} s")

@@ -63,13 +63,23 @@ def _norm_saved(arch: Architecture, trainable: bool, p: Precision, width: int | 
 
 
 def _reads_width(arch: Architecture, reads: str) -> int:
-    return {"attn_in": arch.hidden, "attn_out": arch.q_dim, "mlp_in": arch.hidden,
-            "mlp_mid": arch.intermediate}[reads]
+    return {"attn_in": arch.hidden, "attn_out": arch.q_dim, "mlp_in": arch.hidden, "mlp_mid": arch.intermediate}[reads]
 
 
-def block_activations(arch: Architecture, *, trainable: bool, adapters: tuple[Linear, ...],
-                      lora_rank: int, lora_dropout: float, dora: bool, attn: str, micro_batch: int,
-                      p: Precision, quantized: bool = False, moe: bool = True) -> BlockActivations:
+def block_activations(
+    arch: Architecture,
+    *,
+    trainable: bool,
+    adapters: tuple[Linear, ...],
+    lora_rank: int,
+    lora_dropout: float,
+    dora: bool,
+    attn: str,
+    micro_batch: int,
+    p: Precision,
+    quantized: bool = False,
+    moe: bool = True,
+) -> BlockActivations:
     """Activation bytes of one block.
 
     `trainable`: its base weights get gradients. `quantized`: its linears are bitsandbytes 4/8-bit
@@ -85,7 +95,6 @@ def block_activations(arch: Architecture, *, trainable: bool, adapters: tuple[Li
         saved += _norm_saved(arch, trainable, p, arch.q_dim + arch.kv_dim)
 
     # Inputs kept for weight gradients: each distinct activation once if any trained reader.
-    adapted = {lin.name for lin in adapters}
     kept_inputs: set[str] = set()
     for lin in linears:
         if (trainable or quantized) and lin.group != "router":

@@ -97,8 +97,13 @@ class Architecture:
     @property
     def fused_qkv(self) -> bool:
         """One projection produces q, k and v (c_attn, query_key_value, W_pack, wqkv, qkv_proj)."""
-        return any(lin.reads == "attn_in" and lin.group == "attn" and lin.out_features == self.q_dim + 2 * self.kv_dim
-                   and lin.out_features > self.q_dim for lin in self.block)
+        return any(
+            lin.reads == "attn_in"
+            and lin.group == "attn"
+            and lin.out_features == self.q_dim + 2 * self.kv_dim
+            and lin.out_features > self.q_dim
+            for lin in self.block
+        )
 
     @property
     def norm_params(self) -> int:
@@ -131,8 +136,7 @@ class Architecture:
     @property
     def params(self) -> int:
         """Exact total parameter count."""
-        return (sum(self.layer_params) + self.embedding_params + self.head_params
-                + self.norm_params + self.extra_params)
+        return sum(self.layer_params) + self.embedding_params + self.head_params + self.norm_params + self.extra_params
 
     @property
     def active_params(self) -> int:
@@ -171,8 +175,10 @@ class Architecture:
         expanded = [self._by_role(name) if name not in valid else name for name in names]
         unknown = [n for n in expanded if n not in valid]
         if unknown:
-            raise ValueError(f"{', '.join(unknown)} is not a linear layer of {self.family} blocks; "
-                             f"use all-linear, attn, mlp or some of: {', '.join(valid)}")
+            raise ValueError(
+                f"{', '.join(unknown)} is not a linear layer of {self.family} blocks; "
+                f"use all-linear, attn, mlp or some of: {', '.join(valid)}"
+            )
         return tuple(lin for lin in block if lin.name in expanded)
 
     def _by_role(self, name: str) -> str:
@@ -180,8 +186,15 @@ class Architecture:
         (c_attn, query_key_value, qkv_proj, W_pack, wqkv), `gate_proj`/`up_proj` -> a fused
         gate_up_proj, `o_proj` -> the attention output, `down_proj` -> the MLP output. Names that
         match no single module are returned unchanged (and reported as unknown)."""
-        role = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "attn_out",
-                "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "mlp_mid"}.get(name)
+        role = {
+            "q_proj": "attn_in",
+            "k_proj": "attn_in",
+            "v_proj": "attn_in",
+            "o_proj": "attn_out",
+            "gate_proj": "mlp_in",
+            "up_proj": "mlp_in",
+            "down_proj": "mlp_mid",
+        }.get(name)
         matches = [lin.name for lin in self.block if lin.reads == role and lin.group != "router"]
         return matches[0] if len(matches) == 1 else name
 

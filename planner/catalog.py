@@ -20,12 +20,32 @@ from .hfconfig import ConfigError, architecture_from_config
 MODELS_DIR = Path(__file__).with_name("models")
 
 SIZE_ALIASES = {
-    "0.5b": "qwen2.5-0.5b", "0.6b": "qwen3-0.6b", "1b": "llama-3.2-1b", "1.1b": "tinyllama-1.1b",
-    "1.5b": "qwen2.5-1.5b", "1.7b": "qwen3-1.7b", "1.8b": "qwen-1.8b", "2b": "gemma-2b", "3b": "llama-3.2-3b",
-    "4b": "qwen3-4b", "6b": "yi-6b", "7b": "llama-2-7b", "8b": "llama-3.1-8b", "9b": "gemma-2-9b",
-    "13b": "llama-2-13b", "14b": "qwen2.5-14b", "20b": "internlm2-20b", "27b": "gemma-2-27b",
-    "32b": "qwen2.5-32b", "34b": "yi-34b", "40b": "falcon-40b", "70b": "llama-3.1-70b",
-    "72b": "qwen2.5-72b", "405b": "llama-3.1-405b", "8x7b": "mixtral-8x7b", "30b-a3b": "qwen3-30b-a3b",
+    "0.5b": "qwen2.5-0.5b",
+    "0.6b": "qwen3-0.6b",
+    "1b": "llama-3.2-1b",
+    "1.1b": "tinyllama-1.1b",
+    "1.5b": "qwen2.5-1.5b",
+    "1.7b": "qwen3-1.7b",
+    "1.8b": "qwen-1.8b",
+    "2b": "gemma-2b",
+    "3b": "llama-3.2-3b",
+    "4b": "qwen3-4b",
+    "6b": "yi-6b",
+    "7b": "llama-2-7b",
+    "8b": "llama-3.1-8b",
+    "9b": "gemma-2-9b",
+    "13b": "llama-2-13b",
+    "14b": "qwen2.5-14b",
+    "20b": "internlm2-20b",
+    "27b": "gemma-2-27b",
+    "32b": "qwen2.5-32b",
+    "34b": "yi-34b",
+    "40b": "falcon-40b",
+    "70b": "llama-3.1-70b",
+    "72b": "qwen2.5-72b",
+    "405b": "llama-3.1-405b",
+    "8x7b": "mixtral-8x7b",
+    "30b-a3b": "qwen3-30b-a3b",
 }
 """A bare size picks the best-known model of that size (the Llama line where one exists)."""
 
@@ -61,9 +81,16 @@ def entries() -> tuple[ModelEntry, ...]:
     out = []
     for path in sorted(MODELS_DIR.glob("*.json")):
         data = json.loads(path.read_text())
-        out.append(ModelEntry(data["name"], data.get("hf_id", ""), tuple(data.get("aliases", ())),
-                              data.get("family", data["config"].get("model_type", "")), data["config"],
-                              data.get("published_params")))
+        out.append(
+            ModelEntry(
+                data["name"],
+                data.get("hf_id", ""),
+                tuple(data.get("aliases", ())),
+                data.get("family", data["config"].get("model_type", "")),
+                data["config"],
+                data.get("published_params"),
+            )
+        )
     return tuple(out)
 
 
@@ -94,8 +121,15 @@ def resolve_model(name: str) -> ModelEntry:
         return _index()[key]
     if key in SIZE_ALIASES:
         entry = _index()[SIZE_ALIASES[key]]
-        return ModelEntry(entry.name, entry.hf_id, entry.aliases, entry.family, entry.config,
-                          entry.published_params, source=f"size alias {name}")
+        return ModelEntry(
+            entry.name,
+            entry.hf_id,
+            entry.aliases,
+            entry.family,
+            entry.config,
+            entry.published_params,
+            source=f"size alias {name}",
+        )
     path = Path(os.path.expanduser(name))
     if path.exists():
         return _from_path(path)
@@ -120,8 +154,14 @@ def _from_path(path: Path, source: str = "path", label: str | None = None) -> Mo
     except ConfigError as err:
         raise UnknownModel(f"{config_path}: {err}") from None
     label = label or (path.name if path.is_dir() else path.parent.name)
-    return ModelEntry(label, config.get("_name_or_path", ""), (), config.get("model_type", ""), config,
-                      source=source if source != "path" else f"path {config_path}")
+    return ModelEntry(
+        label,
+        config.get("_name_or_path", ""),
+        (),
+        config.get("model_type", ""),
+        config,
+        source=source if source != "path" else f"path {config_path}",
+    )
 
 
 def hf_cache_dirs() -> list[Path]:
@@ -154,5 +194,7 @@ def _unknown_message(name: str) -> str:
     if not close:
         close = [k for k in keys if _norm(name).split("-")[0] in k][:5]
     hint = f" Closest: {', '.join(close)}." if close else ""
-    return (f"unknown model {name!r}.{hint} Use a catalog name (ftui plan --list-models), a size like 7b, "
-            "a local model directory or config.json, or a Hugging Face id already in the local cache.")
+    return (
+        f"unknown model {name!r}.{hint} Use a catalog name (ftui plan --list-models), a size like 7b, "
+        "a local model directory or config.json, or a Hugging Face id already in the local cache."
+    )

@@ -75,8 +75,9 @@ def _records(path: Path) -> Iterator[Any]:
             lists = [v for v in data.values() if isinstance(v, list)]
             data = lists[0] if len(lists) == 1 else [data]
         if not isinstance(data, list):
-            raise DatasetError(f"{path}: expected a JSON list of records (or an object holding one), "
-                               f"found {type(data).__name__}")
+            raise DatasetError(
+                f"{path}: expected a JSON list of records (or an object holding one), found {type(data).__name__}"
+            )
         yield from data
     elif suffix in (".csv", ".tsv"):
         with path.open(encoding="utf-8", newline="") as fh:
@@ -85,8 +86,10 @@ def _records(path: Path) -> Iterator[Any]:
         with path.open(encoding="utf-8") as fh:
             yield from (line for line in fh if line.strip())
     else:
-        raise DatasetError(f"{path}: cannot read {suffix or 'files without an extension'} for statistics; "
-                           "use .jsonl, .json, .csv, .tsv or .txt")
+        raise DatasetError(
+            f"{path}: cannot read {suffix or 'files without an extension'} for statistics; "
+            "use .jsonl, .json, .csv, .tsv or .txt"
+        )
 
 
 def dataset_stats(path: str | Path) -> DatasetStats:

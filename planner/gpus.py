@@ -77,10 +77,23 @@ GPUS: tuple[GpuSpec, ...] = (
 )
 
 _ALIASES = {
-    "a100": "a100-80g", "a100-80gb": "a100-80g", "a100-40gb": "a100-40g", "a800": "a800-80g",
-    "h100": "h100-80g", "h100-80gb": "h100-80g", "h100-sxm": "h100-80g", "h800": "h800-80g",
-    "h200-141g": "h200", "4090": "rtx4090", "3090": "rtx3090", "rtx-4090": "rtx4090", "rtx-3090": "rtx3090",
-    "v100": "v100-32g", "v100-32gb": "v100-32g", "v100-16gb": "v100-16g", "rtx-a6000": "a6000",
+    "a100": "a100-80g",
+    "a100-80gb": "a100-80g",
+    "a100-40gb": "a100-40g",
+    "a800": "a800-80g",
+    "h100": "h100-80g",
+    "h100-80gb": "h100-80g",
+    "h100-sxm": "h100-80g",
+    "h800": "h800-80g",
+    "h200-141g": "h200",
+    "4090": "rtx4090",
+    "3090": "rtx3090",
+    "rtx-4090": "rtx4090",
+    "rtx-3090": "rtx3090",
+    "v100": "v100-32g",
+    "v100-32gb": "v100-32g",
+    "v100-16gb": "v100-16g",
+    "rtx-a6000": "a6000",
 }
 
 
@@ -124,5 +137,6 @@ def match_nvml_name(nvml_name: str, memory_mib: int) -> GpuSpec:
 
 def generic_gpu(memory_gib: float) -> GpuSpec:
     """A GPU known only by its memory (`--gpu-mem`): assumed Ampere-class for features, A100-like speed."""
-    return GpuSpec(f"{memory_gib:g}gib", f"GPU with {memory_gib:g} GiB", int(round(memory_gib * 1024)),
-                   (8, 0), 312, 19.5, _PCIE4)
+    return GpuSpec(
+        f"{memory_gib:g}gib", f"GPU with {memory_gib:g} GiB", int(round(memory_gib * 1024)), (8, 0), 312, 19.5, _PCIE4
+    )

@@ -47,15 +47,27 @@ def _common(cfg: Config, head_dim: int | None = None) -> dict[str, Any]:
 
 def _attn(c: dict[str, Any], qkv_bias: bool, o_bias: bool) -> tuple[Linear, ...]:
     h, q, kv = c["hidden"], c["heads"] * c["head_dim"], c["kv_heads"] * c["head_dim"]
-    return (Linear("q_proj", h, q, qkv_bias, "attn"), Linear("k_proj", h, kv, qkv_bias, "attn"),
-            Linear("v_proj", h, kv, qkv_bias, "attn"), Linear("o_proj", q, h, o_bias, "attn", "attn_out"))
+    return (
+        Linear("q_proj", h, q, qkv_bias, "attn"),
+        Linear("k_proj", h, kv, qkv_bias, "attn"),
+        Linear("v_proj", h, kv, qkv_bias, "attn"),
+        Linear("o_proj", q, h, o_bias, "attn", "attn_out"),
+    )
 
 
-def _swiglu(h: int, i: int, bias: bool = False, copies: int = 1,
-            names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")) -> tuple[Linear, ...]:
+def _swiglu(
+    h: int,
+    i: int,
+    bias: bool = False,
+    copies: int = 1,
+    names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj"),
+) -> tuple[Linear, ...]:
     gate, up, down = names
-    return (Linear(gate, h, i, bias, "mlp", "mlp_in", copies), Linear(up, h, i, bias, "mlp", "mlp_in", copies),
-            Linear(down, i, h, bias, "mlp", "mlp_mid", copies))
+    return (
+        Linear(gate, h, i, bias, "mlp", "mlp_in", copies),
+        Linear(up, h, i, bias, "mlp", "mlp_in", copies),
+        Linear(down, i, h, bias, "mlp", "mlp_mid", copies),
+    )
 
 
 def _llama(cfg: Config) -> Architecture:
@@ -78,27 +90,56 @@ def _qwen3(cfg: Config) -> Architecture:
     c = _common(cfg, head_dim=128)
     bias = bool(cfg.get("attention_bias", False))
     block = _attn(c, bias, bias) + _swiglu(c["hidden"], cfg["intermediate_size"])
-    return Architecture(family="qwen3", intermediate=cfg["intermediate_size"], gated_mlp=True,
-                        block=block, qk_norm=True, **c)
+    return Architecture(
+        family="qwen3", intermediate=cfg["intermediate_size"], gated_mlp=True, block=block, qk_norm=True, **c
+    )
 
 
-def _moe(cfg: Config, family: str, experts: int, top_k: int, expert_i: int, names: tuple[str, str, str],
-         qk_norm: bool, moe_layers: int, dense_i: int) -> Architecture:
+def _moe(
+    cfg: Config,
+    family: str,
+    experts: int,
+    top_k: int,
+    expert_i: int,
+    names: tuple[str, str, str],
+    qk_norm: bool,
+    moe_layers: int,
+    dense_i: int,
+) -> Architecture:
     c = _common(cfg, head_dim=128 if qk_norm else None)
     bias = bool(cfg.get("attention_bias", False))
     attn = _attn(c, bias, bias)
     router = Linear("gate", c["hidden"], experts, False, "router", "mlp_in")
     block = attn + (router,) + _swiglu(c["hidden"], expert_i, copies=experts, names=names)
     dense = attn + _swiglu(c["hidden"], dense_i) if moe_layers < c["layers"] else ()
-    return Architecture(family=family, intermediate=expert_i, gated_mlp=True, block=block, qk_norm=qk_norm,
-                        experts=experts, experts_per_token=top_k, moe_layers=moe_layers, dense_block=dense, **c)
+    return Architecture(
+        family=family,
+        intermediate=expert_i,
+        gated_mlp=True,
+        block=block,
+        qk_norm=qk_norm,
+        experts=experts,
+        experts_per_token=top_k,
+        moe_layers=moe_layers,
+        dense_block=dense,
+        **c,
+    )
 
 
 def _mixtral(cfg: Config) -> Architecture:
     # MixtralSparseMoeBlock: router `gate` (hidden -> experts), experts w1/w3 (hidden -> i), w2 (i -> hidden).
     layers = cfg["num_hidden_layers"]
-    return _moe(cfg, "mixtral", cfg["num_local_experts"], cfg["num_experts_per_tok"], cfg["intermediate_size"],
-                ("w1", "w3", "w2"), False, layers, cfg["intermediate_size"])
+    return _moe(
+        cfg,
+        "mixtral",
+        cfg["num_local_experts"],
+        cfg["num_experts_per_tok"],
+        cfg["intermediate_size"],
+        ("w1", "w3", "w2"),
+        False,
+        layers,
+        cfg["intermediate_size"],
+    )
 
 
 def _qwen3_moe(cfg: Config) -> Architecture:
@@ -106,8 +147,17 @@ def _qwen3_moe(cfg: Config) -> Architecture:
     layers, step = cfg["num_hidden_layers"], cfg.get("decoder_sparse_step", 1)
     dense_only = set(cfg.get("mlp_only_layers") or [])
     moe = sum(1 for i in range(layers) if i not in dense_only and step > 0 and (i + 1) % step == 0)
-    return _moe(cfg, "qwen3_moe", cfg["num_experts"], cfg["num_experts_per_tok"], cfg["moe_intermediate_size"],
-                ("gate_proj", "up_proj", "down_proj"), True, moe, cfg["intermediate_size"])
+    return _moe(
+        cfg,
+        "qwen3_moe",
+        cfg["num_experts"],
+        cfg["num_experts_per_tok"],
+        cfg["moe_intermediate_size"],
+        ("gate_proj", "up_proj", "down_proj"),
+        True,
+        moe,
+        cfg["intermediate_size"],
+    )
 
 
 def _gemma(cfg: Config) -> Architecture:
@@ -117,10 +167,17 @@ def _gemma(cfg: Config) -> Architecture:
     bias = bool(cfg.get("attention_bias", False))
     block = _attn(c, bias, bias) + _swiglu(c["hidden"], cfg["intermediate_size"])
     gemma2 = cfg.get("model_type") == "gemma2"
-    return Architecture(family="gemma2" if gemma2 else "gemma", intermediate=cfg["intermediate_size"], gated_mlp=True,
-                        block=block, norms_per_layer=4 if gemma2 else 2, norm_fp32_weight=True,
-                        final_logit_softcap=bool(cfg.get("final_logit_softcapping")),
-                        attn_softcap=bool(cfg.get("attn_logit_softcapping")), **c)
+    return Architecture(
+        family="gemma2" if gemma2 else "gemma",
+        intermediate=cfg["intermediate_size"],
+        gated_mlp=True,
+        block=block,
+        norms_per_layer=4 if gemma2 else 2,
+        norm_fp32_weight=True,
+        final_logit_softcap=bool(cfg.get("final_logit_softcapping")),
+        attn_softcap=bool(cfg.get("attn_logit_softcapping")),
+        **c,
+    )
 
 
 def _glm(cfg: Config) -> Architecture:
@@ -128,8 +185,10 @@ def _glm(cfg: Config) -> Architecture:
     c = _common(cfg, head_dim=128)
     bias = bool(cfg.get("attention_bias", True))
     h, i = c["hidden"], cfg["intermediate_size"]
-    block = _attn(c, bias, False) + (Linear("gate_up_proj", h, 2 * i, False, "mlp", "mlp_in"),
-                                     Linear("down_proj", i, h, False, "mlp", "mlp_mid"))
+    block = _attn(c, bias, False) + (
+        Linear("gate_up_proj", h, 2 * i, False, "mlp", "mlp_in"),
+        Linear("down_proj", i, h, False, "mlp", "mlp_mid"),
+    )
     return Architecture(family="glm", intermediate=i, gated_mlp=True, block=block, **c)
 
 
@@ -138,12 +197,28 @@ def _phi(cfg: Config) -> Architecture:
     c = _common(cfg)
     h, i = c["hidden"], cfg["intermediate_size"]
     q, kv = c["heads"] * c["head_dim"], c["kv_heads"] * c["head_dim"]
-    block = (Linear("q_proj", h, q, True, "attn"), Linear("k_proj", h, kv, True, "attn"),
-             Linear("v_proj", h, kv, True, "attn"), Linear("dense", q, h, True, "attn", "attn_out"),
-             Linear("fc1", h, i, True, "mlp", "mlp_in"), Linear("fc2", i, h, True, "mlp", "mlp_mid"))
+    block = (
+        Linear("q_proj", h, q, True, "attn"),
+        Linear("k_proj", h, kv, True, "attn"),
+        Linear("v_proj", h, kv, True, "attn"),
+        Linear("dense", q, h, True, "attn", "attn_out"),
+        Linear("fc1", h, i, True, "mlp", "mlp_in"),
+        Linear("fc2", i, h, True, "mlp", "mlp_mid"),
+    )
     act = "gelu_new" if cfg.get("hidden_act", "gelu_new") == "gelu_new" else "gelu"
-    return Architecture(family="phi", intermediate=i, gated_mlp=False, block=block, norm="layernorm",
-                        norm_bias=True, norms_per_layer=1, parallel_block=True, head_bias=True, mlp_act=act, **c)
+    return Architecture(
+        family="phi",
+        intermediate=i,
+        gated_mlp=False,
+        block=block,
+        norm="layernorm",
+        norm_bias=True,
+        norms_per_layer=1,
+        parallel_block=True,
+        head_bias=True,
+        mlp_act=act,
+        **c,
+    )
 
 
 def _phi3(cfg: Config) -> Architecture:
@@ -151,8 +226,12 @@ def _phi3(cfg: Config) -> Architecture:
     c = _common(cfg)
     h, i = c["hidden"], cfg["intermediate_size"]
     q, kv = c["heads"] * c["head_dim"], c["kv_heads"] * c["head_dim"]
-    block = (Linear("qkv_proj", h, q + 2 * kv, False, "attn"), Linear("o_proj", q, h, False, "attn", "attn_out"),
-             Linear("gate_up_proj", h, 2 * i, False, "mlp", "mlp_in"), Linear("down_proj", i, h, False, "mlp", "mlp_mid"))
+    block = (
+        Linear("qkv_proj", h, q + 2 * kv, False, "attn"),
+        Linear("o_proj", q, h, False, "attn", "attn_out"),
+        Linear("gate_up_proj", h, 2 * i, False, "mlp", "mlp_in"),
+        Linear("down_proj", i, h, False, "mlp", "mlp_mid"),
+    )
     return Architecture(family="phi3", intermediate=i, gated_mlp=True, block=block, **c)
 
 
@@ -170,13 +249,26 @@ def _falcon(cfg: Config) -> Architecture:
     c["tied_embeddings"] = bool(cfg.get("tie_word_embeddings", True))
     i = cfg.get("ffn_hidden_size") or 4 * h
     bias = bool(cfg.get("bias", False))
-    block = (Linear("query_key_value", h, (heads + 2 * kv) * d, bias, "attn"),
-             Linear("dense", heads * d, h, bias, "attn", "attn_out"),
-             Linear("dense_h_to_4h", h, i, bias, "mlp", "mlp_in"), Linear("dense_4h_to_h", i, h, bias, "mlp", "mlp_mid"))
+    block = (
+        Linear("query_key_value", h, (heads + 2 * kv) * d, bias, "attn"),
+        Linear("dense", heads * d, h, bias, "attn", "attn_out"),
+        Linear("dense_h_to_4h", h, i, bias, "mlp", "mlp_in"),
+        Linear("dense_4h_to_h", i, h, bias, "mlp", "mlp_mid"),
+    )
     parallel = bool(cfg.get("parallel_attn", True))
     norms = (cfg.get("num_ln_in_parallel_attn") or 2) if new_arch else (1 if parallel else 2)
-    return Architecture(family="falcon", intermediate=i, gated_mlp=False, block=block, norm="layernorm",
-                        norm_bias=True, norms_per_layer=norms, parallel_block=parallel or new_arch, mlp_act="gelu", **c)
+    return Architecture(
+        family="falcon",
+        intermediate=i,
+        gated_mlp=False,
+        block=block,
+        norm="layernorm",
+        norm_bias=True,
+        norms_per_layer=norms,
+        parallel_block=parallel or new_arch,
+        mlp_act="gelu",
+        **c,
+    )
 
 
 def _gpt_neox(cfg: Config) -> Architecture:
@@ -184,10 +276,22 @@ def _gpt_neox(cfg: Config) -> Architecture:
     # parallel residual feeds attention and MLP from separate norms of the same input), untied head.
     c = _common(cfg)
     h, i = c["hidden"], cfg.get("intermediate_size") or 4 * c["hidden"]
-    block = (Linear("query_key_value", h, 3 * h, True, "attn"), Linear("dense", h, h, True, "attn", "attn_out"),
-             Linear("dense_h_to_4h", h, i, True, "mlp", "mlp_in"), Linear("dense_4h_to_h", i, h, True, "mlp", "mlp_mid"))
-    return Architecture(family="gpt_neox", intermediate=i, gated_mlp=False, block=block, norm="layernorm",
-                        norm_bias=True, mlp_act="gelu", **c)
+    block = (
+        Linear("query_key_value", h, 3 * h, True, "attn"),
+        Linear("dense", h, h, True, "attn", "attn_out"),
+        Linear("dense_h_to_4h", h, i, True, "mlp", "mlp_in"),
+        Linear("dense_4h_to_h", i, h, True, "mlp", "mlp_mid"),
+    )
+    return Architecture(
+        family="gpt_neox",
+        intermediate=i,
+        gated_mlp=False,
+        block=block,
+        norm="layernorm",
+        norm_bias=True,
+        mlp_act="gelu",
+        **c,
+    )
 
 
 def _qwen1(cfg: Config) -> Architecture:
@@ -197,9 +301,13 @@ def _qwen1(cfg: Config) -> Architecture:
     h, half = c["hidden"], cfg["intermediate_size"] // 2
     proj = cfg.get("kv_channels", c["head_dim"]) * c["heads"]
     no_bias = bool(cfg.get("no_bias", True))
-    block = (Linear("c_attn", h, 3 * proj, True, "attn"), Linear("c_proj", proj, h, not no_bias, "attn", "attn_out"),
-             Linear("w1", h, half, not no_bias, "mlp", "mlp_in"), Linear("w2", h, half, not no_bias, "mlp", "mlp_in"),
-             Linear("mlp.c_proj", half, h, not no_bias, "mlp", "mlp_mid"))
+    block = (
+        Linear("c_attn", h, 3 * proj, True, "attn"),
+        Linear("c_proj", proj, h, not no_bias, "attn", "attn_out"),
+        Linear("w1", h, half, not no_bias, "mlp", "mlp_in"),
+        Linear("w2", h, half, not no_bias, "mlp", "mlp_in"),
+        Linear("mlp.c_proj", half, h, not no_bias, "mlp", "mlp_mid"),
+    )
     return Architecture(family="qwen", intermediate=half, gated_mlp=True, block=block, **c)
 
 
@@ -210,14 +318,15 @@ def _chatglm(cfg: Config) -> Architecture:
     h, heads = c["hidden"], c["heads"]
     d = cfg.get("kv_channels", h // heads)
     groups = cfg.get("multi_query_group_num", heads) if cfg.get("multi_query_attention") else heads
-    c.update(head_dim=d, kv_heads=groups, vocab=_get(cfg, "padded_vocab_size", "vocab_size"),
-             tied_embeddings=False)
+    c.update(head_dim=d, kv_heads=groups, vocab=_get(cfg, "padded_vocab_size", "vocab_size"), tied_embeddings=False)
     lin_bias, qkv_bias = bool(cfg.get("add_bias_linear", False)), bool(cfg.get("add_qkv_bias", True))
     i = cfg["ffn_hidden_size"]
-    block = (Linear("query_key_value", h, heads * d + 2 * groups * d, lin_bias or qkv_bias, "attn"),
-             Linear("dense", heads * d, h, lin_bias, "attn", "attn_out"),
-             Linear("dense_h_to_4h", h, 2 * i, lin_bias, "mlp", "mlp_in"),
-             Linear("dense_4h_to_h", i, h, lin_bias, "mlp", "mlp_mid"))
+    block = (
+        Linear("query_key_value", h, heads * d + 2 * groups * d, lin_bias or qkv_bias, "attn"),
+        Linear("dense", heads * d, h, lin_bias, "attn", "attn_out"),
+        Linear("dense_h_to_4h", h, 2 * i, lin_bias, "mlp", "mlp_in"),
+        Linear("dense_4h_to_h", i, h, lin_bias, "mlp", "mlp_mid"),
+    )
     norm = "rmsnorm" if cfg.get("rmsnorm", True) else "layernorm"
     return Architecture(family="chatglm", intermediate=i, gated_mlp=True, block=block, norm=norm, **c)
 
@@ -226,7 +335,9 @@ def _baichuan(cfg: Config) -> Architecture:
     # Baichuan2 remote code: W_pack (hidden -> 3*hidden) and o_proj without bias; NormHead untied.
     c = _common(cfg)
     h, i = c["hidden"], cfg["intermediate_size"]
-    block = (Linear("W_pack", h, 3 * h, False, "attn"), Linear("o_proj", h, h, False, "attn", "attn_out")) + _swiglu(h, i)
+    block = (Linear("W_pack", h, 3 * h, False, "attn"), Linear("o_proj", h, h, False, "attn", "attn_out")) + _swiglu(
+        h, i
+    )
     return Architecture(family="baichuan", intermediate=i, gated_mlp=True, block=block, **c)
 
 
@@ -236,18 +347,39 @@ def _internlm2(cfg: Config) -> Architecture:
     h, i = c["hidden"], cfg["intermediate_size"]
     q, kv = c["heads"] * c["head_dim"], c["kv_heads"] * c["head_dim"]
     bias = bool(cfg.get("bias", False))
-    block = (Linear("wqkv", h, q + 2 * kv, bias, "attn"), Linear("wo", q, h, bias, "attn", "attn_out"),
-             Linear("w1", h, i, False, "mlp", "mlp_in"), Linear("w3", h, i, False, "mlp", "mlp_in"),
-             Linear("w2", i, h, False, "mlp", "mlp_mid"))
+    block = (
+        Linear("wqkv", h, q + 2 * kv, bias, "attn"),
+        Linear("wo", q, h, bias, "attn", "attn_out"),
+        Linear("w1", h, i, False, "mlp", "mlp_in"),
+        Linear("w3", h, i, False, "mlp", "mlp_in"),
+        Linear("w2", i, h, False, "mlp", "mlp_mid"),
+    )
     return Architecture(family="internlm2", intermediate=i, gated_mlp=True, block=block, **c)
 
 
 READERS: dict[str, Callable[[Config], Architecture]] = {
-    "llama": _llama, "mistral": _llama, "yi": _llama, "deepseek": _llama, "internlm": _llama,
-    "qwen2": _qwen2, "qwen3": _qwen3, "mixtral": _mixtral, "qwen3_moe": _qwen3_moe,
-    "gemma": _gemma, "gemma2": _gemma, "glm": _glm, "phi": _phi, "phi3": _phi3,
-    "falcon": _falcon, "RefinedWeb": _falcon, "RefinedWebModel": _falcon,
-    "gpt_neox": _gpt_neox, "qwen": _qwen1, "chatglm": _chatglm, "baichuan": _baichuan, "internlm2": _internlm2,
+    "llama": _llama,
+    "mistral": _llama,
+    "yi": _llama,
+    "deepseek": _llama,
+    "internlm": _llama,
+    "qwen2": _qwen2,
+    "qwen3": _qwen3,
+    "mixtral": _mixtral,
+    "qwen3_moe": _qwen3_moe,
+    "gemma": _gemma,
+    "gemma2": _gemma,
+    "glm": _glm,
+    "phi": _phi,
+    "phi3": _phi3,
+    "falcon": _falcon,
+    "RefinedWeb": _falcon,
+    "RefinedWebModel": _falcon,
+    "gpt_neox": _gpt_neox,
+    "qwen": _qwen1,
+    "chatglm": _chatglm,
+    "baichuan": _baichuan,
+    "internlm2": _internlm2,
 }
 
 

@@ -192,7 +192,7 @@ def params(arch: Architecture, setup: Setup) -> Params:
         return Params(arch.params, arch.params, 0, 0, L, L, True, tensors)
     if setup.tuner == "freeze":
         k = min(setup.trainable_layers, L)
-        trainable = sum(arch.layer_params[L - k:]) + arch.norm_params
+        trainable = sum(arch.layer_params[L - k :]) + arch.norm_params
         return Params(arch.params, trainable, 0, 0, k, k, False, tensors)
     if setup.tuner == "lisa":
         # LISA (Pan et al. 2024): embeddings, LM head and final norm always train, plus gamma layers.
@@ -237,16 +237,37 @@ def weight_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, 
     if setup.tuner == "qlora":
         terms += _quantized_weight_terms(arch, setup, pr)
     else:
-        terms.append(Term("weights", "model weights", on_gpu * pr.total * w.weight / shard,
-                          source=f"{pr.total:,} params x {w.weight} B ({setup.precision}); ZeRO-3 shards over {shard}", state=True))
+        terms.append(
+            Term(
+                "weights",
+                "model weights",
+                on_gpu * pr.total * w.weight / shard,
+                source=f"{pr.total:,} params x {w.weight} B ({setup.precision}); ZeRO-3 shards over {shard}",
+                state=True,
+            )
+        )
     if pr.adapter:
-        terms.append(Term("weights", "LoRA adapter weights", pr.adapter * w.adapter,
-                          source=f"r={setup.lora_rank} A and B for {setup.lora_targets}; peft stores them fp32", state=True))
+        terms.append(
+            Term(
+                "weights",
+                "LoRA adapter weights",
+                pr.adapter * w.adapter,
+                source=f"r={setup.lora_rank} A and B for {setup.lora_targets}; peft stores them fp32",
+                state=True,
+            )
+        )
     if setup.zero == 3:
         # ZeRO-3 all-gathers each module's 16-bit params before use, prefetching the next one.
         gathered = 2 * max(arch.embedding_params, arch.head_params, 2 * max(arch.layer_params))
-        terms.append(Term("weights", "ZeRO-3 gathered layers", gathered, ("backward",),
-                          source="current + prefetched block (or the embedding) in 16 bits"))
+        terms.append(
+            Term(
+                "weights",
+                "ZeRO-3 gathered layers",
+                gathered,
+                ("backward",),
+                source="current + prefetched block (or the embedding) in 16 bits",
+            )
+        )
     return terms
 
 
@@ -259,13 +280,29 @@ def _quantized_weight_terms(arch: Architecture, setup: Setup, pr: Params) -> lis
         per = 1.0 + 4 / arch.hidden  # LLM.int8: int8 weights + an fp32 scale per output row
     rest = pr.total - pr.quantized
     rest_bytes = 4 if setup.precision == "fp32" else 2  # loaded in the compute dtype, not upcast to fp32
-    return [Term("weights", "quantized linear weights", pr.quantized * per,
-                 source=f"{pr.quantized:,} linear params in {setup.quant} ({per:.4f} B each)", state=True),
-            Term("weights", "16-bit weights (embeddings, head, norms)", rest * rest_bytes,
-                 source="embeddings, LM head and norms stay in the compute dtype", state=True),
-            Term("weights", "dequantized weight (one layer at a time)", 2 * max(
-                lin.in_features * lin.out_features for lin in arch.block), ("backward",),
-                source="bitsandbytes dequantizes a 4-bit weight to bf16 for each matmul")]
+    return [
+        Term(
+            "weights",
+            "quantized linear weights",
+            pr.quantized * per,
+            source=f"{pr.quantized:,} linear params in {setup.quant} ({per:.4f} B each)",
+            state=True,
+        ),
+        Term(
+            "weights",
+            "16-bit weights (embeddings, head, norms)",
+            rest * rest_bytes,
+            source="embeddings, LM head and norms stay in the compute dtype",
+            state=True,
+        ),
+        Term(
+            "weights",
+            "dequantized weight (one layer at a time)",
+            2 * max(lin.in_features * lin.out_features for lin in arch.block),
+            ("backward",),
+            source="bitsandbytes dequantizes a 4-bit weight to bf16 for each matmul",
+        ),
+    ]
 
 
 def gradient_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, pr: Params) -> list[Term]:
@@ -275,31 +312,64 @@ def gradient_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths
     shard = _shard(setup, cluster, 2)
     if pr.trainable_base:
         grad = 0 if offloaded else pr.trainable_base * w.grad / shard
-        terms.append(Term("gradients", "gradients", grad, phases,
-                          source=f"{pr.trainable_base:,} trainable x {w.grad} B; ZeRO-2/3 shard over {shard}",
-                          state=True))
+        terms.append(
+            Term(
+                "gradients",
+                "gradients",
+                grad,
+                phases,
+                source=f"{pr.trainable_base:,} trainable x {w.grad} B; ZeRO-2/3 shard over {shard}",
+                state=True,
+            )
+        )
         if not setup.grads_persist and pr.head_trainable:
-            terms.append(Term("gradients", "LM head gradient during backward", arch.vocab * arch.hidden * w.grad,
-                              ("backward",), source="first weight gradient produced, while activations are alive"))
+            terms.append(
+                Term(
+                    "gradients",
+                    "LM head gradient during backward",
+                    arch.vocab * arch.hidden * w.grad,
+                    ("backward",),
+                    source="first weight gradient produced, while activations are alive",
+                )
+            )
         if setup.deepspeed:
-            terms.append(Term("gradients", "ZeRO reduce bucket", 2 * 2 * arch.hidden ** 2, ("backward",),
-                              source="reduce_bucket_size=auto (hidden^2), double-buffered, 16-bit"))
+            terms.append(
+                Term(
+                    "gradients",
+                    "ZeRO reduce bucket",
+                    2 * 2 * arch.hidden**2,
+                    ("backward",),
+                    source="reduce_bucket_size=auto (hidden^2), double-buffered, 16-bit",
+                )
+            )
     if pr.adapter:
-        terms.append(Term("gradients", "adapter gradients", pr.adapter * w.adapter, phases,
-                          source="gradients of the LoRA weights, same dtype", state=True))
+        terms.append(
+            Term(
+                "gradients",
+                "adapter gradients",
+                pr.adapter * w.adapter,
+                phases,
+                source="gradients of the LoRA weights, same dtype",
+                state=True,
+            )
+        )
     return terms
 
 
 def _factored_elements(arch: Architecture, setup: Setup, pr: Params) -> float:
     """Elements of Adafactor's factored state for the trainable parameters."""
+
     def block(linears) -> int:
-        mats = sum(lin.copies * (lin.in_features + lin.out_features + (lin.out_features if lin.bias else 0))
-                   for lin in linears)
+        mats = sum(
+            lin.copies * (lin.in_features + lin.out_features + (lin.out_features if lin.bias else 0)) for lin in linears
+        )
         return mats + arch.norms_per_layer * arch.norm_params
+
     if pr.adapter:
         r = setup.lora_rank
-        return arch.layers * sum(lin.copies * (lin.in_features + lin.out_features + 2 * r)
-                                 for lin in arch.lora_targets(setup.lora_targets))
+        return arch.layers * sum(
+            lin.copies * (lin.in_features + lin.out_features + 2 * r) for lin in arch.lora_targets(setup.lora_targets)
+        )
     total = pr.trained_layers * block(arch.block) + arch.norm_params
     if pr.head_trainable:
         total += 2 * (arch.vocab + arch.hidden)  # embedding and head matrices
@@ -333,40 +403,88 @@ def optimizer_terms(setup: Setup, cluster: Cluster, w: Widths, pr: Params, arch:
         src = f"{moments} moment(s) x {w.moment} B per trainable param"
     if on_cpu:
         states = 0
-    terms.append(Term("optimizer", "optimizer moments", states, pool=pool, source=src + f"; ZeRO-1+ shards over {shard}",
-                      state=True))
+    terms.append(
+        Term(
+            "optimizer",
+            "optimizer moments",
+            states,
+            pool=pool,
+            source=src + f"; ZeRO-1+ shards over {shard}",
+            state=True,
+        )
+    )
     if w.master and not on_cpu:
-        terms.append(Term("optimizer", "fp32 master weights", (base + adapter) * w.master,
-                          source="fp32 copy of the trainable params kept by the mixed-precision optimizer",
-                          state=True))
+        terms.append(
+            Term(
+                "optimizer",
+                "fp32 master weights",
+                (base + adapter) * w.master,
+                source="fp32 copy of the trainable params kept by the mixed-precision optimizer",
+                state=True,
+            )
+        )
     if on_cpu:
         return terms
     if setup.deepspeed:
-        terms.append(Term("optimizer", "fp32 gradient partition at step", 4 * (base + adapter), ("step",),
-                          source="DeepSpeed converts the gradient partition to fp32 for the update"))
+        terms.append(
+            Term(
+                "optimizer",
+                "fp32 gradient partition at step",
+                4 * (base + adapter),
+                ("step",),
+                source="DeepSpeed converts the gradient partition to fp32 for the update",
+            )
+        )
     elif optim == "adafactor":
         # Per tensor, in turn: fp32 copies of the gradient and the weight plus the fp32 update.
-        largest = arch.vocab * arch.hidden if pr.head_trainable else max(
-            lin.in_features * lin.out_features for lin in arch.block)
+        largest = (
+            arch.vocab * arch.hidden
+            if pr.head_trainable
+            else max(lin.in_features * lin.out_features for lin in arch.block)
+        )
         if pr.adapter:
-            largest = max(setup.lora_rank * max(lin.in_features, lin.out_features)
-                          for lin in arch.lora_targets(setup.lora_targets))
-        terms.append(Term("optimizer", "Adafactor fp32 temporaries (largest tensor)", 12 * largest, ("step",),
-                          source="grad.float(), p.float() and the update for one tensor at a time"))
+            largest = max(
+                setup.lora_rank * max(lin.in_features, lin.out_features)
+                for lin in arch.lora_targets(setup.lora_targets)
+            )
+        terms.append(
+            Term(
+                "optimizer",
+                "Adafactor fp32 temporaries (largest tensor)",
+                12 * largest,
+                ("step",),
+                source="grad.float(), p.float() and the update for one tensor at a time",
+            )
+        )
     elif optim == "adamw":
         # torch.optim.AdamW's default foreach path computes sqrt(v) for all params at once.
         temp = base * w.moment + adapter * 4
-        terms.append(Term("optimizer", "AdamW foreach temporary", temp, ("step",),
-                          source="torch _multi_tensor_adamw: one params-sized tensor list for sqrt(v)"))
+        terms.append(
+            Term(
+                "optimizer",
+                "AdamW foreach temporary",
+                temp,
+                ("step",),
+                source="torch _multi_tensor_adamw: one params-sized tensor list for sqrt(v)",
+            )
+        )
     return terms
 
 
 def _blocks(arch: Architecture, setup: Setup, w: Widths, trainable: bool) -> BlockActivations:
     adapters = arch.lora_targets(setup.lora_targets) if setup.adapters else ()
-    return block_activations(arch, trainable=trainable, adapters=adapters, lora_rank=setup.lora_rank,
-                             quantized=setup.tuner == "qlora",
-                             lora_dropout=setup.lora_dropout if setup.adapters else 0.0, dora=setup.dora,
-                             attn=setup.attn, micro_batch=setup.micro_batch, p=w.act)
+    return block_activations(
+        arch,
+        trainable=trainable,
+        adapters=adapters,
+        lora_rank=setup.lora_rank,
+        quantized=setup.tuner == "qlora",
+        lora_dropout=setup.lora_dropout if setup.adapters else 0.0,
+        dora=setup.dora,
+        attn=setup.attn,
+        micro_batch=setup.micro_batch,
+        p=w.act,
+    )
 
 
 def loss_bytes_per_token(arch: Architecture, w: Widths) -> float:
@@ -396,24 +514,58 @@ def activation_terms(arch: Architecture, setup: Setup, w: Widths, pr: Params) ->
 
     loss = loss_bytes_per_token(arch, w) * T
     final_norm = (4 * arch.hidden + (w.act.compute * arch.hidden if pr.head_trainable else 0)) * T
-    terms = [Term("logits", "logits and cross-entropy", loss, ("backward",),
-                  source=f"12 B x vocab {arch.vocab:,} x {T:,} tokens (fp32 log-softmax and its gradients)")]
+    terms = [
+        Term(
+            "logits",
+            "logits and cross-entropy",
+            loss,
+            ("backward",),
+            source=f"12 B x vocab {arch.vocab:,} x {T:,} tokens (fp32 log-softmax and its gradients)",
+        )
+    ]
     widest = trained if n_trained else frozen
     if setup.grad_ckpt:
         inputs = pr.grad_layers * w.act.stream * arch.hidden * T
-        terms.append(Term("activations", "checkpointed block inputs", inputs + final_norm, ("backward",),
-                          source=f"{pr.grad_layers} blocks x hidden x {w.act.stream} B per token"))
+        terms.append(
+            Term(
+                "activations",
+                "checkpointed block inputs",
+                inputs + final_norm,
+                ("backward",),
+                source=f"{pr.grad_layers} blocks x hidden x {w.act.stream} B per token",
+            )
+        )
         recompute = saved(widest) + transient(widest)
-        terms.append(Term("activations", "recomputed block (beyond the loss peak)", max(0.0, recompute - loss),
-                          ("backward",), source="one block re-run in backward, with its gradients"))
+        terms.append(
+            Term(
+                "activations",
+                "recomputed block (beyond the loss peak)",
+                max(0.0, recompute - loss),
+                ("backward",),
+                source="one block re-run in backward, with its gradients",
+            )
+        )
     else:
         kept = n_trained * saved(trained) + n_frozen * saved(frozen) + final_norm
-        terms.append(Term("activations", "saved activations", kept, ("backward",),
-                          source=f"{pr.grad_layers} blocks x {widest.saved:,.0f} B/token"
-                          + (" + eager s^2 scores" if setup.attn == "eager" else "")))
-        terms.append(Term("activations", "block backward (beyond the loss peak)",
-                          max(0.0, transient(widest) - loss), ("backward",),
-                          source="gradients of the top block's activations"))
+        terms.append(
+            Term(
+                "activations",
+                "saved activations",
+                kept,
+                ("backward",),
+                source=f"{pr.grad_layers} blocks x {widest.saved:,.0f} B/token"
+                + (" + eager s^2 scores" if setup.attn == "eager" else ""),
+            )
+        )
+        terms.append(
+            Term(
+                "activations",
+                "block backward (beyond the loss peak)",
+                max(0.0, transient(widest) - loss),
+                ("backward",),
+                source="gradients of the top block's activations",
+            )
+        )
     return terms
 
 
@@ -421,14 +573,37 @@ def overhead_terms(terms: list[Term], setup: Setup, cluster: Cluster, pr: Params
     out = [Term("overhead", "library workspaces", LIB_WORKSPACES, source="cuBLAS/cuBLASLt workspaces")]
     for phase in PHASES:
         working = sum(t.bytes for t in terms if phase in t.phases and len(t.phases) == 1 and t.pool == "allocated")
-        out.append(Term("overhead", "allocator fragmentation", FRAGMENTATION * working, (phase,), "reserved",
-                        source="caching-allocator slack on the per-step working set"))
+        out.append(
+            Term(
+                "overhead",
+                "allocator fragmentation",
+                FRAGMENTATION * working,
+                (phase,),
+                "reserved",
+                source="caching-allocator slack on the per-step working set",
+            )
+        )
     loss = sum(t.bytes for t in terms if t.part == "logits")
-    out.append(Term("overhead", "cached loss-path segments (long runs)", LOSS_CACHE_GROWTH * loss, ("backward",),
-                    "cached", source="vocab-sized blocks of earlier batch lengths kept by the allocator"))
+    out.append(
+        Term(
+            "overhead",
+            "cached loss-path segments (long runs)",
+            LOSS_CACHE_GROWTH * loss,
+            ("backward",),
+            "cached",
+            source="vocab-sized blocks of earlier batch lengths kept by the allocator",
+        )
+    )
     states = 3 if pr.trainable_base else 1
-    out.append(Term("overhead", "allocator rounding", ROUNDING_PER_TENSOR * pr.tensors * states, pool="reserved",
-                    source="large blocks rounded to 2 MiB"))
+    out.append(
+        Term(
+            "overhead",
+            "allocator rounding",
+            ROUNDING_PER_TENSOR * pr.tensors * states,
+            pool="reserved",
+            source="large blocks rounded to 2 MiB",
+        )
+    )
     out.append(Term("overhead", "CUDA context", CUDA_CONTEXT, pool="driver", source="driver + torch kernels"))
     if cluster.world > 1:
         out.append(Term("overhead", "NCCL buffers", NCCL_BUFFERS, pool="driver", source="communicator buffers"))

@@ -51,14 +51,31 @@ def evaluate_setup(arch: Architecture, setup: Setup, cluster: Cluster) -> Estima
     notes = list(warnings(arch, setup, cluster))
     host = cluster.host_ram_bytes
     if host is not None and mem.cpu_ram_bytes > host:
-        notes.append(f"needs about {mem.cpu_ram_bytes / 2**30:.0f} GiB of host RAM per node, "
-                     f"more than the {host / 2**30:.0f} GiB there")
-    return Estimate(setup, mem, estimate_throughput(arch, setup, cluster), max_micro_batch(arch, setup, cluster),
-                    max_seq_len(arch, setup, cluster), tuple(refusals(arch, setup, cluster)), tuple(notes), host)
+        notes.append(
+            f"needs about {mem.cpu_ram_bytes / 2**30:.0f} GiB of host RAM per node, "
+            f"more than the {host / 2**30:.0f} GiB there"
+        )
+    return Estimate(
+        setup,
+        mem,
+        estimate_throughput(arch, setup, cluster),
+        max_micro_batch(arch, setup, cluster),
+        max_seq_len(arch, setup, cluster),
+        tuple(refusals(arch, setup, cluster)),
+        tuple(notes),
+        host,
+    )
 
 
-def make_plan(model: ModelEntry, setup: Setup, cluster: Cluster, *, recommend_tuner: bool,
-              global_batch: int = 64, fixed: frozenset[str] = frozenset()) -> Plan:
+def make_plan(
+    model: ModelEntry,
+    setup: Setup,
+    cluster: Cluster,
+    *,
+    recommend_tuner: bool,
+    global_batch: int = 64,
+    fixed: frozenset[str] = frozenset(),
+) -> Plan:
     """With `recommend_tuner`, search for the best setup (seq_len, the LoRA/LISA knobs and the
     fields named in `fixed` are kept from `setup`); otherwise evaluate `setup` as given."""
     arch = model.arch

@@ -70,8 +70,13 @@ def fits_with_headroom(mem: MemoryEstimate, cluster: Cluster) -> bool:
 def evaluate(arch: Architecture, setup: Setup, cluster: Cluster) -> Candidate:
     refused = refusals(arch, setup, cluster)
     mem = estimate(arch, setup, cluster)
-    return Candidate(setup, mem, estimate_throughput(arch, setup, cluster), refused[0] if refused else None,
-                     not refused and fits_with_headroom(mem, cluster))
+    return Candidate(
+        setup,
+        mem,
+        estimate_throughput(arch, setup, cluster),
+        refused[0] if refused else None,
+        not refused and fits_with_headroom(mem, cluster),
+    )
 
 
 def largest_fitting(low: int, high: int, fits) -> int:
@@ -121,9 +126,19 @@ def _variants(base: Setup, cluster: Cluster, tuner: str, zero: int, fixed: froze
     attn = base.attn if "attn" in fixed or base.attn != "flash" or gpu.flash_attention else "sdpa"
     mb = base.micro_batch if "micro_batch" in fixed else 1
     optim = base.optim if "optim" in fixed else "adamw"
-    return [base.but(tuner=tuner, zero=zero, precision=precision, offload=offload, grad_ckpt=ckpt,
-                     attn=attn, micro_batch=mb, optim=optim)
-            for precision, offload, ckpt in product(precisions, offloads, ckpts)]
+    return [
+        base.but(
+            tuner=tuner,
+            zero=zero,
+            precision=precision,
+            offload=offload,
+            grad_ckpt=ckpt,
+            attn=attn,
+            micro_batch=mb,
+            optim=optim,
+        )
+        for precision, offload, ckpt in product(precisions, offloads, ckpts)
+    ]
 
 
 def _divisor_at_most(n: int, cap: int) -> int:
@@ -131,8 +146,9 @@ def _divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
 
-def _best_variant(arch: Architecture, base: Setup, cluster: Cluster, tuner: str, zero: int,
-                  mb_cap: int, fixed: frozenset[str]) -> tuple[Candidate | None, Candidate | None]:
+def _best_variant(
+    arch: Architecture, base: Setup, cluster: Cluster, tuner: str, zero: int, mb_cap: int, fixed: frozenset[str]
+) -> tuple[Candidate | None, Candidate | None]:
     """(best fitting candidate, smallest non-fitting one) for one tuner x ZeRO stage."""
     per_gpu = mb_cap
     best: Candidate | None = None
@@ -149,10 +165,16 @@ def _best_variant(arch: Architecture, base: Setup, cluster: Cluster, tuner: str,
         if "micro_batch" in fixed:
             cand = first
         else:
-            mb = largest_fitting(1, mb_cap, lambda b: fits_with_headroom(estimate(arch, setup.but(micro_batch=b), cluster),
-                                                                         cluster))
+
+            def fits_at(b: int, setup: Setup = setup) -> bool:
+                return fits_with_headroom(estimate(arch, setup.but(micro_batch=b), cluster), cluster)
+
+            mb = largest_fitting(1, mb_cap, fits_at)
             cand = evaluate(arch, setup.but(micro_batch=_divisor_at_most(per_gpu, mb)), cluster)
-        if best is None or (OFFLOAD_RANK[cand.setup.offload], not _faster(cand, best)) < (OFFLOAD_RANK[best.setup.offload], False):
+        if best is None or (OFFLOAD_RANK[cand.setup.offload], not _faster(cand, best)) < (
+            OFFLOAD_RANK[best.setup.offload],
+            False,
+        ):
             best = cand
     return best, smallest
 
@@ -185,8 +207,14 @@ def _faster(a: Candidate, b: Candidate) -> bool:
     return a.setup.precision.endswith("mixed") and not b.setup.precision.endswith("mixed")
 
 
-def recommend(arch: Architecture, base: Setup, cluster: Cluster, global_batch: int = 64,
-              tuners: tuple[str, ...] = QUALITY, fixed: frozenset[str] = frozenset()) -> Recommendation:
+def recommend(
+    arch: Architecture,
+    base: Setup,
+    cluster: Cluster,
+    global_batch: int = 64,
+    tuners: tuple[str, ...] = QUALITY,
+    fixed: frozenset[str] = frozenset(),
+) -> Recommendation:
     """Try every tuner x ZeRO stage (with offload, checkpointing and micro-batch searched inside).
 
     `base` carries the sequence length and the LoRA/LISA/freeze knobs; fields named in `fixed`
@@ -205,16 +233,23 @@ def recommend(arch: Architecture, base: Setup, cluster: Cluster, global_batch: i
     accum = max(1, math.ceil(global_batch / (chosen.setup.micro_batch * cluster.world)))
     chosen = replace(chosen, setup=chosen.setup.but(grad_accum=accum))
     reasons = _reasons(chosen, cluster, rows, accum, global_batch)
-    return Recommendation(chosen, reasons, alternatives, accum, accum * chosen.setup.micro_batch * cluster.world,
-                          LEARNING_RATES[chosen.setup.tuner])
+    return Recommendation(
+        chosen,
+        reasons,
+        alternatives,
+        accum,
+        accum * chosen.setup.micro_batch * cluster.world,
+        LEARNING_RATES[chosen.setup.tuner],
+    )
 
 
 def _gib(x: float) -> str:
     return f"{x / 2**30:.1f} GiB"
 
 
-def _alternative(row: tuple[str, int, Candidate | None, Candidate | None], chosen: Candidate | None,
-                 cluster: Cluster) -> Alternative:
+def _alternative(
+    row: tuple[str, int, Candidate | None, Candidate | None], chosen: Candidate | None, cluster: Cluster
+) -> Alternative:
     tuner, zero, best, smallest = row
     if best is not None:
         if chosen is not None and best.setup.tuner == chosen.setup.tuner and best.setup.zero == chosen.setup.zero:
@@ -223,13 +258,22 @@ def _alternative(row: tuple[str, int, Candidate | None, Candidate | None], chose
             why = f"fits, but {tuner} is expected to train worse than {chosen.setup.tuner}"
         elif chosen is not None and best.setup.offload != chosen.setup.offload:
             why = f"fits only with {best.setup.offload} offload to the CPU"
-        elif chosen is not None and _faster(chosen, best) and not _faster(best, chosen) and \
-                best.throughput.tokens_per_s >= chosen.throughput.tokens_per_s * 0.97:
-            why = (f"fits and is about as fast ({best.throughput.tokens_per_s:,.0f} tokens/s); "
-                   "the chosen setup is simpler")
+        elif (
+            chosen is not None
+            and _faster(chosen, best)
+            and not _faster(best, chosen)
+            and best.throughput.tokens_per_s >= chosen.throughput.tokens_per_s * 0.97
+        ):
+            why = (
+                f"fits and is about as fast ({best.throughput.tokens_per_s:,.0f} tokens/s); the chosen setup is simpler"
+            )
         else:
-            why = (f"fits, but slower: {best.throughput.tokens_per_s:,.0f} vs "
-                   f"{chosen.throughput.tokens_per_s:,.0f} tokens/s" if chosen else "fits")
+            why = (
+                f"fits, but slower: {best.throughput.tokens_per_s:,.0f} vs "
+                f"{chosen.throughput.tokens_per_s:,.0f} tokens/s"
+                if chosen
+                else "fits"
+            )
         return Alternative(tuner, zero, best, True, why)
     if smallest is None:
         return Alternative(tuner, zero, None, False, "no variant to try")
@@ -242,19 +286,21 @@ def _why_not(cand: Candidate, cluster: Cluster) -> str:
     mem = cand.memory
     gpu_room = (mem.capacity_bytes - USABLE_MARGIN) * (1 - HEADROOM)
     if mem.required > gpu_room:
-        return (f"does not fit: needs {_gib(mem.required)} per GPU even with {cand.setup.summary()}; "
-                f"{_gib(mem.capacity_bytes)} available")
+        return (
+            f"does not fit: needs {_gib(mem.required)} per GPU even with {cand.setup.summary()}; "
+            f"{_gib(mem.capacity_bytes)} available"
+        )
     host = cluster.host_ram_bytes or ASSUMED_HOST_RAM
     known = "" if cluster.host_ram_bytes else " (assumed; set --host-ram)"
-    return (f"needs {_gib(mem.cpu_ram_bytes)} of host RAM per node with {cand.setup.summary()}; "
-            f"{_gib(host)} there{known}")
+    return (
+        f"needs {_gib(mem.cpu_ram_bytes)} of host RAM per node with {cand.setup.summary()}; {_gib(host)} there{known}"
+    )
 
 
 def _reasons(chosen: Candidate, cluster: Cluster, rows, accum: int, global_batch: int) -> tuple[str, ...]:
     s, mem = chosen.setup, chosen.memory
-    reasons = [f"fits: needs {_gib(mem.required)} of {_gib(mem.capacity_bytes)} per GPU, keeping "
-               f"{HEADROOM:.0%} free"]
-    better = QUALITY[:QUALITY.index(s.tuner)]
+    reasons = [f"fits: needs {_gib(mem.required)} of {_gib(mem.capacity_bytes)} per GPU, keeping {HEADROOM:.0%} free"]
+    better = QUALITY[: QUALITY.index(s.tuner)]
     offloaded = [t for t in better if any(r[0] == t and r[2] is not None for r in rows)]
     missing = [t for t in better if t not in offloaded]
     if not better:
@@ -264,21 +310,29 @@ def _reasons(chosen: Candidate, cluster: Cluster, rows, accum: int, global_batch
         if missing:
             reasons.append(f"{' and '.join(missing)} {'does' if len(missing) == 1 else 'do'} not fit on {where}")
         if offloaded:
-            reasons.append(f"{' and '.join(offloaded)} would fit only with CPU offload, which trades much speed and "
-                           "host RAM for memory (seed 004 advises against it while something else fits)")
-        reasons.append(f"{s.tuner} is the best-quality tuner that fits"
-                       + (" without offload" if offloaded else "") + " (full > LISA > LoRA > QLoRA, seeds 000/003)")
+            reasons.append(
+                f"{' and '.join(offloaded)} would fit only with CPU offload, which trades much speed and "
+                "host RAM for memory (seed 004 advises against it while something else fits)"
+            )
+        reasons.append(
+            f"{s.tuner} is the best-quality tuner that fits"
+            + (" without offload" if offloaded else "")
+            + " (full > LISA > LoRA > QLoRA, seeds 000/003)"
+        )
     if s.offload != "none":
-        reasons.append(f"nothing fits without CPU offload; it needs about {mem.cpu_ram_bytes / 2**30:.0f} GiB "
-                       "of host RAM per node")
+        reasons.append(
+            f"nothing fits without CPU offload; it needs about {mem.cpu_ram_bytes / 2**30:.0f} GiB of host RAM per node"
+        )
     same = [r for r in rows if r[0] == s.tuner and r[2] is not None and r[1] != s.zero]
     if same and cluster.world > 1:
         stage = f"ZeRO-{s.zero}" if s.zero else "plain data parallel (no ZeRO)"
         reasons.append(f"{stage} is the fastest stage that fits: {chosen.throughput.tokens_per_s:,.0f} tokens/s")
     else:
         reasons.append(f"expected speed {chosen.throughput.tokens_per_s:,.0f} tokens/s")
-    reasons.append(f"gradient accumulation {accum} gives a global batch of "
-                   f"{accum * s.micro_batch * cluster.world} sequences (target {global_batch})")
+    reasons.append(
+        f"gradient accumulation {accum} gives a global batch of "
+        f"{accum * s.micro_batch * cluster.world} sequences (target {global_batch})"
+    )
     lr = LEARNING_RATES[s.tuner]
     note = "; drop to 3e-5 if the loss spikes (seed 003)" if s.adapters else ""
     reasons.append(f"learning rate {lr:g} to start with{note}")
@@ -286,10 +340,13 @@ def _reasons(chosen: Candidate, cluster: Cluster, rows, accum: int, global_batch
 
 
 def _nothing_fits(arch: Architecture, cluster: Cluster, rows) -> str:
-    smallest = min((r[3] for r in rows if r[3] is not None and r[3].refusal is None),
-                   key=lambda c: c.memory.required, default=None)
+    smallest = min(
+        (r[3] for r in rows if r[3] is not None and r[3].refusal is None), key=lambda c: c.memory.required, default=None
+    )
     if smallest is None:
         return "nothing fits, and no setup could be evaluated"
-    return (f"nothing fits on {cluster.world} x {cluster.gpu.name}: the smallest setup "
-            f"({smallest.setup.summary()}) needs {_gib(smallest.memory.required)} per GPU. "
-            "Use more or larger GPUs, a shorter --seq-len, or a smaller model")
+    return (
+        f"nothing fits on {cluster.world} x {cluster.gpu.name}: the smallest setup "
+        f"({smallest.setup.summary()}) needs {_gib(smallest.memory.required)} per GPU. "
+        "Use more or larger GPUs, a shorter --seq-len, or a smaller model"
+    )

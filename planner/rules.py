@@ -25,31 +25,45 @@ def refusals(arch: Architecture, setup: Setup, cluster: Cluster) -> list[Refusal
         out.append(Refusal(rule, reason))
 
     if setup.precision.startswith("bf16") and not gpu.bf16:
-        refuse("bf16-unsupported", f"{gpu.name} has no bf16 arithmetic (needs Ampere or newer); "
-                                   "use --precision fp16-mixed")
+        refuse(
+            "bf16-unsupported", f"{gpu.name} has no bf16 arithmetic (needs Ampere or newer); use --precision fp16-mixed"
+        )
     if setup.attn == "flash" and not gpu.flash_attention:
         refuse("flash-unsupported", f"FlashAttention-2 needs an Ampere or newer GPU, not {gpu.name}; use --attn sdpa")
     if setup.attn == "flash" and setup.precision == "fp32":
         refuse("flash-fp32", "FlashAttention runs only in fp16/bf16; use --attn sdpa with --precision fp32")
     if setup.tuner == "qlora" and setup.zero == 3:
-        refuse("qlora-zero3", "ZeRO-3 cannot partition bitsandbytes 4-bit weights here; use --zero 2 "
-                              "(QLoRA's frozen base is small enough to replicate)")
+        refuse(
+            "qlora-zero3",
+            "ZeRO-3 cannot partition bitsandbytes 4-bit weights here; use --zero 2 "
+            "(QLoRA's frozen base is small enough to replicate)",
+        )
     if setup.tuner == "qlora" and setup.offload != "none":
         refuse("qlora-offload", "QLoRA keeps only adapter states; offloading them saves nothing. Use --offload none")
     if setup.tuner == "lisa" and setup.zero > 0:
-        refuse("lisa-zero", "LISA changes which layers train every few steps, but DeepSpeed ZeRO builds its "
-                            "optimizer partitions once at start; use --zero 0 (plain data parallel)")
+        refuse(
+            "lisa-zero",
+            "LISA changes which layers train every few steps, but DeepSpeed ZeRO builds its "
+            "optimizer partitions once at start; use --zero 0 (plain data parallel)",
+        )
     if setup.offload != "none" and setup.zero == 0:
-        refuse("offload-needs-zero", "CPU offload is a DeepSpeed ZeRO feature; add --zero 2 (optimizer) "
-                                     "or --zero 3 (optimizer+params)")
+        refuse(
+            "offload-needs-zero",
+            "CPU offload is a DeepSpeed ZeRO feature; add --zero 2 (optimizer) or --zero 3 (optimizer+params)",
+        )
     if setup.offload == "optimizer+params" and setup.zero != 3:
         refuse("param-offload-needs-zero3", "parameter offload needs --zero 3")
     if setup.optim in ("adamw-8bit", "paged-adamw-8bit") and setup.zero > 0:
-        refuse("8bit-optim-zero", "bitsandbytes 8-bit optimizers do not work inside DeepSpeed ZeRO; "
-                                  "use --optim adamw with --zero, or --zero 0 with the 8-bit optimizer")
+        refuse(
+            "8bit-optim-zero",
+            "bitsandbytes 8-bit optimizers do not work inside DeepSpeed ZeRO; "
+            "use --optim adamw with --zero, or --zero 0 with the 8-bit optimizer",
+        )
     if setup.precision == "bf16-true" and setup.zero > 0:
-        refuse("deepspeed-master", "DeepSpeed always keeps fp32 master weights and optimizer states; "
-                                   "use --precision bf16-mixed with --zero")
+        refuse(
+            "deepspeed-master",
+            "DeepSpeed always keeps fp32 master weights and optimizer states; use --precision bf16-mixed with --zero",
+        )
     if setup.tuner == "freeze" and setup.trainable_layers > arch.layers:
         refuse("freeze-layers", f"--trainable-layers {setup.trainable_layers} exceeds the model's {arch.layers} layers")
     if setup.tuner == "lisa" and setup.lisa_layers > arch.layers:
@@ -61,8 +75,10 @@ def warnings(arch: Architecture, setup: Setup, cluster: Cluster) -> list[str]:
     """Things that run but deserve a note."""
     out = []
     if setup.seq_len > arch.max_position:
-        out.append(f"--seq-len {setup.seq_len} is beyond the model's {arch.max_position} trained positions; "
-                   "quality may drop without RoPE scaling")
+        out.append(
+            f"--seq-len {setup.seq_len} is beyond the model's {arch.max_position} trained positions; "
+            "quality may drop without RoPE scaling"
+        )
     if setup.zero > 0 and cluster.world == 1 and setup.offload == "none":
         out.append("ZeRO on a single GPU shards nothing; it only helps together with --offload")
     if setup.attn == "eager" and cluster.gpu.flash_attention and setup.precision != "fp32":

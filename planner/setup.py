@@ -109,8 +109,11 @@ class Setup:
         bits += [f"ZeRO-{self.zero}" if self.zero else "no ZeRO", self.precision, self.optim]
         if self.offload != "none":
             bits.append(f"offload {self.offload}")
-        bits += ["grad-ckpt" if self.grad_ckpt else "no grad-ckpt", f"{self.attn} attention",
-                 f"micro-batch {self.micro_batch} x {self.seq_len} tokens"]
+        bits += [
+            "grad-ckpt" if self.grad_ckpt else "no grad-ckpt",
+            f"{self.attn} attention",
+            f"micro-batch {self.micro_batch} x {self.seq_len} tokens",
+        ]
         if self.grad_accum:
             bits.append(f"grad-accum {self.grad_accum}")
         return " · ".join(bits)

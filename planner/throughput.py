@@ -61,7 +61,9 @@ def flops_per_token(arch: Architecture, setup: Setup, pr: Params) -> float:
     return fwd + bwd + recompute
 
 
-def estimate_throughput(arch: Architecture, setup: Setup, cluster: Cluster, global_batch: int | None = None) -> Throughput:
+def estimate_throughput(
+    arch: Architecture, setup: Setup, cluster: Cluster, global_batch: int | None = None
+) -> Throughput:
     """Tokens per second for the whole cluster."""
     pr = params(arch, setup)
     gpu = cluster.gpu
@@ -84,8 +86,11 @@ def estimate_throughput(arch: Architecture, setup: Setup, cluster: Cluster, glob
 
 
 def _bandwidth(cluster: Cluster) -> float:
-    gbps = cluster.gpu.intra_node_gbps if cluster.nodes == 1 else min(cluster.gpu.intra_node_gbps,
-                                                                      cluster.gpu.inter_node_gbps)
+    gbps = (
+        cluster.gpu.intra_node_gbps
+        if cluster.nodes == 1
+        else min(cluster.gpu.intra_node_gbps, cluster.gpu.inter_node_gbps)
+    )
     return gbps * 1e9
 
 

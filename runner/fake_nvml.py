@@ -45,12 +45,24 @@ def _scenario(name: str) -> list[FakeGpu] | None:
     if name == "1xa100":
         return [FakeGpu("NVIDIA A100-SXM4-80GB", 81920, used_mib=4)]
     if name == "8xh100":
-        return [FakeGpu("NVIDIA H100 80GB HBM3", 81559, used_mib=61_000 + 500 * i, util=97 - i, temp=62 + i,
-                        power_mw=610_000, limit_mw=700_000, processes=[(4100 + i, 60_500 + 500 * i)])
-                for i in range(8)]
+        return [
+            FakeGpu(
+                "NVIDIA H100 80GB HBM3",
+                81559,
+                used_mib=61_000 + 500 * i,
+                util=97 - i,
+                temp=62 + i,
+                power_mw=610_000,
+                limit_mw=700_000,
+                processes=[(4100 + i, 60_500 + 500 * i)],
+            )
+            for i in range(8)
+        ]
     if name == "vanishing":
-        return [FakeGpu("NVIDIA A100-SXM4-80GB", 81920, used_mib=1200),
-                FakeGpu("NVIDIA A100-SXM4-80GB", 81920, used_mib=1200, lost_after=1)]
+        return [
+            FakeGpu("NVIDIA A100-SXM4-80GB", 81920, used_mib=1200),
+            FakeGpu("NVIDIA A100-SXM4-80GB", 81920, used_mib=1200, lost_after=1),
+        ]
     raise ValueError(f"unknown fake NVML scenario {name!r}; known: none, 1xa100, 8xh100, vanishing")
 
 

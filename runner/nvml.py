@@ -102,15 +102,20 @@ class NvmlReader:
             power = self._query(nvml.nvmlDeviceGetPowerUsage, handle)
             limit = self._query(nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
             procs = self._query(nvml.nvmlDeviceGetComputeRunningProcesses, handle) or []
-            out.append(GpuSnapshot(
-                index, name, uuid, total,
-                None if mem is None else int(mem.used),
-                None if util is None else int(util.gpu),
-                None if temp is None else int(temp),
-                None if power is None else power / 1000.0,
-                None if limit is None else limit / 1000.0,
-                tuple(GpuProcess(int(p.pid), _used(p)) for p in procs),
-            ))
+            out.append(
+                GpuSnapshot(
+                    index,
+                    name,
+                    uuid,
+                    total,
+                    None if mem is None else int(mem.used),
+                    None if util is None else int(util.gpu),
+                    None if temp is None else int(temp),
+                    None if power is None else power / 1000.0,
+                    None if limit is None else limit / 1000.0,
+                    tuple(GpuProcess(int(p.pid), _used(p)) for p in procs),
+                )
+            )
         return out
 
     def _static_info(self, index: int, handle: Any) -> tuple[str, str, int] | None:
@@ -134,6 +139,7 @@ def default_binding() -> Any:
     scenario = os.environ.get(FAKE_ENV)
     if scenario:
         from .fake_nvml import FakeNvml
+
         return FakeNvml(scenario)
     try:
         return importlib.import_module("pynvml")

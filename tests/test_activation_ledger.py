@@ -20,8 +20,15 @@ transformers = pytest.importorskip("transformers")
 from planner.activations import Precision, block_activations  # noqa: E402
 from planner.hfconfig import architecture_from_config  # noqa: E402
 
-SMALL = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=1, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=256, pad_token_id=0)
+SMALL = dict(
+    hidden_size=256,
+    intermediate_size=704,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=256,
+    pad_token_id=0,
+)
 FAMILIES = {
     "llama": dict(model_type="llama", **SMALL),
     "qwen2": dict(model_type="qwen2", **SMALL),
@@ -55,6 +62,7 @@ def _saved_bytes(model, layer, hidden: int, tokens: int) -> int:
 
 def _measure(config: dict, mode: str, attn: str) -> float:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
     cfg = transformers.AutoConfig.for_model(**config)
     cfg._attn_implementation = attn
     torch.manual_seed(0)
@@ -74,8 +82,17 @@ def _measure(config: dict, mode: str, attn: str) -> float:
 def _ledger(config: dict, mode: str, attn: str) -> float:
     arch = architecture_from_config(config)
     adapters = arch.lora_targets("all-linear") if mode == "lora" else ()
-    b = block_activations(arch, trainable=mode == "full", adapters=adapters, lora_rank=8, lora_dropout=0.0,
-                          dora=False, attn=attn, micro_batch=1, p=Precision(2, 2))
+    b = block_activations(
+        arch,
+        trainable=mode == "full",
+        adapters=adapters,
+        lora_rank=8,
+        lora_dropout=0.0,
+        dora=False,
+        attn=attn,
+        micro_batch=1,
+        p=Precision(2, 2),
+    )
     per_token = b.saved + b.saved_scores * (T1 + T2)  # s^2 terms: (T2^2 - T1^2) / (T2 - T1)
     if arch.mlp_act == "gelu_new":
         per_token -= 6 * arch.intermediate  # CPU autocast keeps pow in bf16 (see module docstring)
@@ -93,4 +110,6 @@ def test_ledger_matches_what_autograd_saves(family: str, mode: str, attn: str) -
     config = FAMILIES[family]
     measured = _measure(config, mode, attn)
     predicted = _ledger(config, mode, attn)
-    assert predicted == pytest.approx(measured, rel=0.08), f"{family} {mode} {attn}: ledger {predicted:.0f} B/token, autograd {measured:.0f}"
+    assert predicted == pytest.approx(measured, rel=0.08), (
+        f"{family} {mode} {attn}: ledger {predicted:.0f} B/token, autograd {measured:.0f}"
+    )

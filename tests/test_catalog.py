@@ -126,8 +126,17 @@ def _peft_trainable(cfg: dict, targets: str = "all-linear", rank: int = 8, meta:
     return trainable
 
 
-TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-            num_hidden_layers=2, vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_hidden_layers=2,
+    vocab_size=128,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 
 TINY_FAMILIES = {
     "llama": dict(model_type="llama"),
@@ -194,8 +203,15 @@ def test_head_dim_default_when_config_omits_head_dim(model_type):
 
 def test_lora_params_of_partly_moe_model_counts_dense_layers_with_dense_block():
     # Qwen3-MoE with mlp_only_layers=[0]: layer 0 has a dense SwiGLU MLP, layer 1 the experts.
-    cfg = {**TINY, "model_type": "qwen3_moe", "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2,
-           "moe_intermediate_size": 32, "mlp_only_layers": [0]}
+    cfg = {
+        **TINY,
+        "model_type": "qwen3_moe",
+        "head_dim": 16,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "mlp_only_layers": [0],
+    }
     arch = architecture_from_config(cfg)
     r, h, kv, i, moe_i, experts = 8, 64, 32, 128, 32, 4
     attn = r * ((h + h) + 2 * (h + kv) + (h + h))
@@ -218,8 +234,14 @@ def test_hf_id_and_case_insensitive_names_resolve(name):
     assert resolve_model(name).name == "llama-2-7b"
 
 
-LLAMA_CFG = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-             "num_hidden_layers": 2, "vocab_size": 128}
+LLAMA_CFG = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "vocab_size": 128,
+}
 
 
 def test_local_model_directory_resolves(tmp_path):
@@ -277,13 +299,16 @@ def test_directory_without_config_json_says_so(tmp_path):
 # --- LoRA target names across families ---------------------------------------------------
 
 
-@pytest.mark.parametrize(("model", "typed", "expected"), [
-    ("qwen-7b", "q_proj,v_proj", ["c_attn"]),
-    ("chatglm3-6b", "q_proj", ["query_key_value"]),
-    ("phi-3-mini", "q_proj,gate_proj", ["qkv_proj", "gate_up_proj"]),
-    ("falcon-7b", "o_proj,down_proj", ["dense", "dense_4h_to_h"]),
-    ("llama-2-7b", "q_proj,v_proj", ["q_proj", "v_proj"]),
-])
+@pytest.mark.parametrize(
+    ("model", "typed", "expected"),
+    [
+        ("qwen-7b", "q_proj,v_proj", ["c_attn"]),
+        ("chatglm3-6b", "q_proj", ["query_key_value"]),
+        ("phi-3-mini", "q_proj,gate_proj", ["qkv_proj", "gate_up_proj"]),
+        ("falcon-7b", "o_proj,down_proj", ["dense", "dense_4h_to_h"]),
+        ("llama-2-7b", "q_proj,v_proj", ["q_proj", "v_proj"]),
+    ],
+)
 def test_llama_module_names_map_to_a_familys_single_module_for_that_role(model, typed, expected):
     assert [lin.name for lin in resolve_model(model).arch.lora_targets(typed)] == expected
 

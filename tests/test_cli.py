@@ -11,8 +11,17 @@ from runner.fake_nvml import FakeNvml
 from runner.nvml import NoGpu, NvmlReader
 from tui.cli import main
 
-PER_GPU_KEYS = {"weights_gib", "gradients_gib", "optimizer_gib", "activations_gib", "logits_gib", "overhead_gib",
-                "peak_allocated_gib", "peak_reserved_gib", "nvml_used_gib"}
+PER_GPU_KEYS = {
+    "weights_gib",
+    "gradients_gib",
+    "optimizer_gib",
+    "activations_gib",
+    "logits_gib",
+    "overhead_gib",
+    "peak_allocated_gib",
+    "peak_reserved_gib",
+    "nvml_used_gib",
+}
 ESTIMATE_KEYS = {"fits", "per_gpu", "cpu_ram_gib", "max_micro_batch", "max_seq_len", "tokens_per_s"}
 
 
@@ -38,8 +47,10 @@ def check_estimate(est: dict) -> None:
     assert isinstance(est["fits"], bool)
     per = est["per_gpu"]
     assert per["peak_allocated_gib"] <= per["peak_reserved_gib"] <= per["nvml_used_gib"]
-    parts = sum(per[k] for k in ("weights_gib", "gradients_gib", "optimizer_gib", "activations_gib",
-                                 "logits_gib", "overhead_gib"))
+    parts = sum(
+        per[k]
+        for k in ("weights_gib", "gradients_gib", "optimizer_gib", "activations_gib", "logits_gib", "overhead_gib")
+    )
     assert parts == pytest.approx(per["nvml_used_gib"], abs=0.01)
     assert est["tokens_per_s"] > 0
 
@@ -62,15 +73,34 @@ def test_plan_json_recommendation_contract(capsys):
     assert rec["estimate"]["fits"] is True
     alts = doc["alternatives"]
     assert len(alts) == 20
-    assert {(a["tuner"], a["zero"]) for a in alts} == {(t, z) for t in ("full", "freeze", "lora", "qlora", "lisa")
-                                                       for z in range(4)}
+    assert {(a["tuner"], a["zero"]) for a in alts} == {
+        (t, z) for t in ("full", "freeze", "lora", "qlora", "lisa") for z in range(4)
+    }
     assert all(a["reason"] for a in alts)
 
 
 def test_plan_json_with_a_tuner_gives_a_top_level_estimate(capsys):
-    doc = ftui_json(capsys, "plan", "--model", "qwen2.5-7b", "--gpu", "rtx4090", "--tuner", "lora",
-                    "--lora-rank", "16", "--lora-targets", "q_proj,v_proj", "--seq-len", "1024",
-                    "--micro-batch", "2", "--no-grad-ckpt", "--attn", "sdpa")
+    doc = ftui_json(
+        capsys,
+        "plan",
+        "--model",
+        "qwen2.5-7b",
+        "--gpu",
+        "rtx4090",
+        "--tuner",
+        "lora",
+        "--lora-rank",
+        "16",
+        "--lora-targets",
+        "q_proj,v_proj",
+        "--seq-len",
+        "1024",
+        "--micro-batch",
+        "2",
+        "--no-grad-ckpt",
+        "--attn",
+        "sdpa",
+    )
     assert "recommendation" not in doc and "alternatives" not in doc
     est = doc["estimate"]
     check_estimate(est)
@@ -80,8 +110,9 @@ def test_plan_json_with_a_tuner_gives_a_top_level_estimate(capsys):
 
 
 def test_impossible_combination_still_plans_but_does_not_fit(capsys):
-    doc = ftui_json(capsys, "plan", "--model", "7b", "--gpus", "8", "--gpu", "a100-80g", "--tuner", "qlora",
-                    "--zero", "3")
+    doc = ftui_json(
+        capsys, "plan", "--model", "7b", "--gpus", "8", "--gpu", "a100-80g", "--tuner", "qlora", "--zero", "3"
+    )
     est = doc["estimate"]
     assert est["fits"] is False
     rules = {r["rule"] for r in est["refusals"]}
@@ -99,8 +130,7 @@ def test_dataset_sets_the_sequence_length(capsys, tmp_path):
     data = tmp_path / "train.jsonl"
     rows = [{"instruction": "x" * 1000, "output": "y" * 1000}] * 20 + [{"text": "z" * 4000}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    doc = ftui_json(capsys, "plan", "--model", "7b", "--gpu", "a100-80g", "--tuner", "lora",
-                    "--dataset", str(data))
+    doc = ftui_json(capsys, "plan", "--model", "7b", "--gpu", "a100-80g", "--tuner", "lora", "--dataset", str(data))
     ds = doc["dataset"]
     assert ds["samples"] == 21
     assert ds["max"] == 1000
@@ -112,8 +142,20 @@ def test_dataset_sets_the_sequence_length(capsys, tmp_path):
 def test_explicit_seq_len_wins_over_the_dataset(capsys, tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"text": "a" * 4000}) + "\n")
-    doc = ftui_json(capsys, "plan", "--model", "7b", "--gpu", "a100-80g", "--tuner", "lora",
-                    "--dataset", str(data), "--seq-len", "512")
+    doc = ftui_json(
+        capsys,
+        "plan",
+        "--model",
+        "7b",
+        "--gpu",
+        "a100-80g",
+        "--tuner",
+        "lora",
+        "--dataset",
+        str(data),
+        "--seq-len",
+        "512",
+    )
     assert doc["estimate"]["setup"]["seq_len"] == 512
     assert "dataset" in doc
 
@@ -140,8 +182,20 @@ def test_human_output_has_memory_table_and_alternatives(capsys):
 
 
 def test_human_output_for_a_given_setup(capsys):
-    code, out, err = ftui(capsys, "plan", "--model", "7b", "--gpu", "t4", "--tuner", "qlora",
-                          "--precision", "fp16-mixed", "--attn", "sdpa")
+    code, out, err = ftui(
+        capsys,
+        "plan",
+        "--model",
+        "7b",
+        "--gpu",
+        "t4",
+        "--tuner",
+        "qlora",
+        "--precision",
+        "fp16-mixed",
+        "--attn",
+        "sdpa",
+    )
     assert code == 0, err
     assert "Per-GPU memory" in out and "fits" in out
     assert "Alternatives" not in out
@@ -156,11 +210,12 @@ ERROR_CASES = {
     "seq-len-abc": (["--model", "7b", "--gpu", "t4", "--seq-len", "abc"], "--seq-len"),
     "zero-5": (["--model", "7b", "--gpu", "t4", "--zero", "5"], "--zero"),
     "tuner-bogus": (["--model", "7b", "--gpu", "t4", "--tuner", "bogus"], "--tuner"),
-    "lora-targets": (["--model", "7b", "--gpu", "t4", "--tuner", "lora", "--lora-targets", "nonsense"],
-                     "q_proj"),
+    "lora-targets": (["--model", "7b", "--gpu", "t4", "--tuner", "lora", "--lora-targets", "nonsense"], "q_proj"),
     "missing-model": (["--gpu", "t4"], "--model"),
-    "missing-dataset": (["--model", "7b", "--gpu", "t4", "--dataset", "/nonexistent/train.jsonl"],
-                        "/nonexistent/train.jsonl"),
+    "missing-dataset": (
+        ["--model", "7b", "--gpu", "t4", "--dataset", "/nonexistent/train.jsonl"],
+        "/nonexistent/train.jsonl",
+    ),
 }
 
 
@@ -299,12 +354,14 @@ def test_console_script_runs_fast_in_a_fresh_process(repo_root):
 
 
 def test_plan_does_not_import_the_training_stack(repo_root):
-    code = ("import sys, contextlib, io\n"
-            "from tui.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    rc = main(['plan', '--model', '7b', '--gpus', '8', '--gpu', 'a100-80g', '--json'])\n"
-            "heavy = [m for m in ('torch', 'transformers', 'peft', 'textual') if m in sys.modules]\n"
-            "print(rc, ','.join(heavy))\n")
+    code = (
+        "import sys, contextlib, io\n"
+        "from tui.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    rc = main(['plan', '--model', '7b', '--gpus', '8', '--gpu', 'a100-80g', '--json'])\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'textual') if m in sys.modules]\n"
+        "print(rc, ','.join(heavy))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0"], f"exit code and heavy modules imported: {proc.stdout!r}"
@@ -321,14 +378,17 @@ def test_dataset_json_scalar_is_a_user_error(capsys, tmp_path):
 # --- spellings other tools use, and host RAM ---------------------------------------------
 
 
-@pytest.mark.parametrize(("flag", "typed", "key", "expected"), [
-    ("--gpu", "a10g-24g", None, None),
-    ("--gpu", "L40S-48G", None, None),
-    ("--optim", "paged_adamw", "optim", "paged-adamw"),
-    ("--optim", "adamw_torch", "optim", "adamw"),
-    ("--quant", "nf4-dq", "quant", "nf4"),
-    ("--attn", "SDPA", "attn", "sdpa"),
-])
+@pytest.mark.parametrize(
+    ("flag", "typed", "key", "expected"),
+    [
+        ("--gpu", "a10g-24g", None, None),
+        ("--gpu", "L40S-48G", None, None),
+        ("--optim", "paged_adamw", "optim", "paged-adamw"),
+        ("--optim", "adamw_torch", "optim", "adamw"),
+        ("--quant", "nf4-dq", "quant", "nf4"),
+        ("--attn", "SDPA", "attn", "sdpa"),
+    ],
+)
 def test_plan_accepts_the_spellings_other_tools_use(capsys, flag, typed, key, expected):
     argv = ["plan", "--model", "7b", "--tuner", "qlora", flag, typed]
     if flag != "--gpu":
@@ -346,8 +406,21 @@ def test_tuner_dora_is_lora_with_weight_decomposition(capsys):
 
 
 def test_host_ram_limit_turns_an_offloaded_setup_into_a_misfit(capsys):
-    argv = ("plan", "--model", "13b", "--gpu", "rtx4090", "--tuner", "full", "--zero", "3", "--offload",
-            "optimizer+params", "--precision", "bf16-mixed")
+    argv = (
+        "plan",
+        "--model",
+        "13b",
+        "--gpu",
+        "rtx4090",
+        "--tuner",
+        "full",
+        "--zero",
+        "3",
+        "--offload",
+        "optimizer+params",
+        "--precision",
+        "bf16-mixed",
+    )
     roomy = ftui_json(capsys, *argv, "--host-ram", "2048")
     tight = ftui_json(capsys, *argv, "--host-ram", "32")
     assert roomy["cluster"]["host_ram_gib"] == 2048

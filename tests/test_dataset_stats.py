@@ -65,13 +65,16 @@ def test_blank_lines_are_skipped(tmp_path):
     assert dataset_stats(path).samples == 2
 
 
-@pytest.mark.parametrize("suffix,content,samples", [
-    (".json", json.dumps([{"text": "abcd"}, {"text": "abcdabcd"}]), 2),
-    (".json", json.dumps({"train": [{"text": "abcd"}, {"text": "ab"}, {"text": "a"}]}), 3),
-    (".csv", "instruction,output\nabcd,efgh\nab,cd\n", 2),
-    (".tsv", "instruction\toutput\nabcd\tefgh\n", 1),
-    (".txt", "one line\n\nanother line\n", 2),
-])
+@pytest.mark.parametrize(
+    "suffix,content,samples",
+    [
+        (".json", json.dumps([{"text": "abcd"}, {"text": "abcdabcd"}]), 2),
+        (".json", json.dumps({"train": [{"text": "abcd"}, {"text": "ab"}, {"text": "a"}]}), 3),
+        (".csv", "instruction,output\nabcd,efgh\nab,cd\n", 2),
+        (".tsv", "instruction\toutput\nabcd\tefgh\n", 1),
+        (".txt", "one line\n\nanother line\n", 2),
+    ],
+)
 def test_other_formats(tmp_path, suffix, content, samples):
     path = tmp_path / f"data{suffix}"
     path.write_text(content, encoding="utf-8")

@@ -24,13 +24,19 @@ def _imported_roots(path: Path) -> list[tuple[int, str]]:
 def _violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
     files = sorted((REPO / package).rglob("*.py"))
     assert files, f"no python files under {package}/"
-    return [f"{path.relative_to(REPO)}:{line}: imports {mod}"
-            for path in files for line, mod in _imported_roots(path) if mod in forbidden]
+    return [
+        f"{path.relative_to(REPO)}:{line}: imports {mod}"
+        for path in files
+        for line, mod in _imported_roots(path)
+        if mod in forbidden
+    ]
 
 
 def test_importing_planner_in_a_fresh_interpreter_pulls_in_no_heavy_module():
-    code = ("import sys, planner, planner.catalog, planner.recommend, planner.plan, planner.dataset_stats\n"
-            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    code = (
+        "import sys, planner, planner.catalog, planner.recommend, planner.plan, planner.dataset_stats\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     loaded = proc.stdout.strip()
@@ -52,4 +58,3 @@ def test_the_import_scanner_reports_file_and_line(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text('"""doc"""\nimport os\nfrom runner.nvml import NoGpu\ndef f():\n    import torch\n')
     assert sorted(_imported_roots(bad)) == [(2, "os"), (3, "runner"), (5, "torch")]
-

@@ -35,29 +35,45 @@ def seven_billion() -> Architecture:
     """A synthetic model with exactly 7e9 parameters: 7 blocks of one 1000 x 999,857 linear,
     a tied 1000 x 1000 embedding and a final norm of 1000."""
     block = (Linear("w", 1000, 999_857, False, "mlp", "mlp_in"),)
-    return Architecture(family="llama", layers=7, hidden=1000, heads=8, kv_heads=8, head_dim=125,
-                        intermediate=1000, gated_mlp=False, vocab=1000, tied_embeddings=True, block=block,
-                        norms_per_layer=0)
+    return Architecture(
+        family="llama",
+        layers=7,
+        hidden=1000,
+        heads=8,
+        kv_heads=8,
+        head_dim=125,
+        intermediate=1000,
+        gated_mlp=False,
+        vocab=1000,
+        tied_embeddings=True,
+        block=block,
+        norms_per_layer=0,
+    )
 
 
 def test_synthetic_model_has_exactly_seven_billion_params():
     assert seven_billion().params == 7_000_000_000
 
 
-@pytest.mark.parametrize("zero,expected", [
-    (0, 16 * 7e9),                       # 112 GB: 2 + 2 + 12 bytes per param, nothing sharded
-    (1, 4 * 7e9 + 12 * 7e9 / 8),         # 38.5 GB: optimizer states sharded
-    (2, 2 * 7e9 + 14 * 7e9 / 8),         # 26.25 GB: + gradients sharded
-    (3, 16 * 7e9 / 8),                   # 14 GB: everything sharded
-])
+@pytest.mark.parametrize(
+    "zero,expected",
+    [
+        (0, 16 * 7e9),  # 112 GB: 2 + 2 + 12 bytes per param, nothing sharded
+        (1, 4 * 7e9 + 12 * 7e9 / 8),  # 38.5 GB: optimizer states sharded
+        (2, 2 * 7e9 + 14 * 7e9 / 8),  # 26.25 GB: + gradients sharded
+        (3, 16 * 7e9 / 8),  # 14 GB: everything sharded
+    ],
+)
 def test_seed_004_zero_model_states_on_8_gpus(zero, expected):
     est = estimate(seven_billion(), Setup(tuner="full", precision="bf16-mixed", zero=zero), EIGHT)
     assert est.model_states_bytes == pytest.approx(expected, rel=1e-12)
 
 
 def test_seed_004_figures_in_gb():
-    states = [estimate(seven_billion(), Setup(tuner="full", precision="bf16-mixed", zero=z), EIGHT).model_states_bytes
-              for z in range(4)]
+    states = [
+        estimate(seven_billion(), Setup(tuner="full", precision="bf16-mixed", zero=z), EIGHT).model_states_bytes
+        for z in range(4)
+    ]
     assert [round(s / GB, 2) for s in states] == [112.0, 38.5, 26.25, 14.0]
 
 
@@ -70,7 +86,7 @@ def test_bf16_true_full_keeps_weights_grads_and_moments_in_bf16():
     est = estimate(a, Setup(tuner="full", precision="bf16-true"), ONE)
     assert term(est, "model weights") == 2 * n
     assert term(est, "gradients") == 2 * n
-    assert term(est, "optimizer moments") == 4 * n   # m and v, 2 bytes each
+    assert term(est, "optimizer moments") == 4 * n  # m and v, 2 bytes each
     assert term(est, "fp32 master weights") == 0
     assert est.model_states_bytes == 8 * n
 
@@ -323,8 +339,10 @@ def test_more_gpus_under_zero3_never_increase_per_gpu_memory():
 def test_longer_sequences_never_need_less_memory(tuner):
     a = arch("qwen2.5-7b")
     for attn in ("flash", "eager"):
-        required = [estimate(a, Setup(tuner=tuner, seq_len=s, attn=attn), ONE).required
-                    for s in (256, 512, 1024, 2048, 4096, 8192)]
+        required = [
+            estimate(a, Setup(tuner=tuner, seq_len=s, attn=attn), ONE).required
+            for s in (256, 512, 1024, 2048, 4096, 8192)
+        ]
         assert required == sorted(required), (attn, required)
 
 

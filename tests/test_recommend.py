@@ -105,21 +105,49 @@ def test_nothing_fits_says_so():
 LLAMA = resolve_model("llama-2-7b").arch
 
 
-@pytest.mark.parametrize("setup,gpu,n,rule,fix", [
-    (Setup(tuner="qlora", zero=3, precision="bf16-mixed"), "a100-80g", 8, "qlora-zero3", "--zero 2"),
-    (Setup(tuner="lisa", zero=2, precision="bf16-mixed"), "a100-80g", 8, "lisa-zero", "--zero 0"),
-    (Setup(tuner="lora", precision="bf16-true", attn="sdpa"), "v100-32g", 1, "bf16-unsupported",
-     "--precision fp16-mixed"),
-    (Setup(tuner="lora", precision="fp16-mixed", attn="flash"), "t4", 1, "flash-unsupported", "--attn sdpa"),
-    (Setup(tuner="full", precision="bf16-mixed", offload="optimizer"), "a100-80g", 8, "offload-needs-zero",
-     "--zero 2"),
-    (Setup(tuner="full", precision="bf16-mixed", zero=2, offload="optimizer+params"), "a100-80g", 8,
-     "param-offload-needs-zero3", "--zero 3"),
-    (Setup(tuner="full", precision="bf16-mixed", zero=1, optim="adamw-8bit"), "a100-80g", 8, "8bit-optim-zero",
-     "--optim adamw"),
-    (Setup(tuner="full", precision="bf16-mixed", zero=2, optim="paged-adamw-8bit"), "a100-80g", 8,
-     "8bit-optim-zero", "--zero 0"),
-])
+@pytest.mark.parametrize(
+    "setup,gpu,n,rule,fix",
+    [
+        (Setup(tuner="qlora", zero=3, precision="bf16-mixed"), "a100-80g", 8, "qlora-zero3", "--zero 2"),
+        (Setup(tuner="lisa", zero=2, precision="bf16-mixed"), "a100-80g", 8, "lisa-zero", "--zero 0"),
+        (
+            Setup(tuner="lora", precision="bf16-true", attn="sdpa"),
+            "v100-32g",
+            1,
+            "bf16-unsupported",
+            "--precision fp16-mixed",
+        ),
+        (Setup(tuner="lora", precision="fp16-mixed", attn="flash"), "t4", 1, "flash-unsupported", "--attn sdpa"),
+        (
+            Setup(tuner="full", precision="bf16-mixed", offload="optimizer"),
+            "a100-80g",
+            8,
+            "offload-needs-zero",
+            "--zero 2",
+        ),
+        (
+            Setup(tuner="full", precision="bf16-mixed", zero=2, offload="optimizer+params"),
+            "a100-80g",
+            8,
+            "param-offload-needs-zero3",
+            "--zero 3",
+        ),
+        (
+            Setup(tuner="full", precision="bf16-mixed", zero=1, optim="adamw-8bit"),
+            "a100-80g",
+            8,
+            "8bit-optim-zero",
+            "--optim adamw",
+        ),
+        (
+            Setup(tuner="full", precision="bf16-mixed", zero=2, optim="paged-adamw-8bit"),
+            "a100-80g",
+            8,
+            "8bit-optim-zero",
+            "--zero 0",
+        ),
+    ],
+)
 def test_impossible_combination_is_refused_with_the_fix(setup, gpu, n, rule, fix):
     found = refusals(LLAMA, setup, cluster(gpu, n))
     by_rule = {r.rule: r for r in found}
@@ -145,8 +173,11 @@ def test_refused_alternatives_carry_the_refusal_reason(rec_7b_8xa100):
 
 BOUNDARY_CASES = [
     ("qwen2.5-7b", Setup(tuner="lora", seq_len=2048), cluster("rtx4090")),
-    ("llama-2-7b", Setup(tuner="full", precision="bf16-mixed", zero=3, seq_len=4096, grad_ckpt=True),
-     cluster("a100-80g", 8)),
+    (
+        "llama-2-7b",
+        Setup(tuner="full", precision="bf16-mixed", zero=3, seq_len=4096, grad_ckpt=True),
+        cluster("a100-80g", 8),
+    ),
     ("llama-2-7b", Setup(tuner="qlora", precision="fp16-mixed", attn="sdpa", seq_len=1024), cluster("t4")),
 ]
 

@@ -20,8 +20,11 @@ COMMANDS = (plan_cmd, gpus_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ftui", description="Fine-tune large language models from the terminal: plan memory, "
-                                              "run detached training, watch it live.")
+    parser = _Parser(
+        prog="ftui",
+        description="Fine-tune large language models from the terminal: plan memory, "
+        "run detached training, watch it live.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in COMMANDS:
         module.add_parser(sub)
@@ -47,8 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # a bug: say so plainly, keep the traceback for those who ask
         if os.environ.get("FTUI_DEBUG"):
             raise
-        print(f"ftui: internal error: {type(err).__name__}: {err}\n"
-              "This is a bug in ftui; rerun with FTUI_DEBUG=1 for the traceback and report it.", file=sys.stderr)
+        print(
+            f"ftui: internal error: {type(err).__name__}: {err}\n"
+            "This is a bug in ftui; rerun with FTUI_DEBUG=1 for the traceback and report it.",
+            file=sys.stderr,
+        )
         return 70
 
 

@@ -16,8 +16,12 @@ EPILOG = """examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("gpus", help="the local NVIDIA GPUs, from NVML", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "gpus",
+        help="the local NVIDIA GPUs, from NVML",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run)
 
@@ -45,14 +49,24 @@ def run(args: argparse.Namespace) -> int:
 def render(gpus: list[GpuSnapshot]) -> None:
     from rich.console import Console
     from rich.table import Table
+
     t = Table(box=None, pad_edge=False)
     for col in ("#", "name", "memory used / total", "util", "temp", "power", "processes"):
         t.add_column(col)
     for g in gpus:
         used = "n/a" if g.memory_used is None else f"{g.memory_used / 2**30:.1f}"
         power = "n/a" if g.power_w is None else f"{g.power_w:.0f}/{_cell(g.power_limit_w, '{:.0f}')} W"
-        procs = ", ".join(f"{p.pid} ({_cell(p.used_bytes and p.used_bytes / 2**30, '{:.1f}')} GiB)"
-                          for p in g.processes) or "-"
-        t.add_row(str(g.index), g.name, f"{used} / {g.memory_total / 2**30:.1f} GiB", _cell(g.utilization, "{}%"),
-                  _cell(g.temperature, "{}°C"), power, procs)
+        procs = (
+            ", ".join(f"{p.pid} ({_cell(p.used_bytes and p.used_bytes / 2**30, '{:.1f}')} GiB)" for p in g.processes)
+            or "-"
+        )
+        t.add_row(
+            str(g.index),
+            g.name,
+            f"{used} / {g.memory_total / 2**30:.1f} GiB",
+            _cell(g.utilization, "{}%"),
+            _cell(g.temperature, "{}°C"),
+            power,
+            procs,
+        )
     Console(highlight=False).print(t)

@@ -30,10 +30,14 @@ SEARCHED = ("precision", "optim", "zero", "offload", "grad_ckpt", "attn", "micro
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="dry-run memory and throughput plan", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Per-GPU memory breakdown, fit limits and speed for a fine-tuning setup; "
-                                   "without --tuner, the recommended setup and every alternative.")
+    p = sub.add_parser(
+        "plan",
+        help="dry-run memory and throughput plan",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Per-GPU memory breakdown, fit limits and speed for a fine-tuning setup; "
+        "without --tuner, the recommended setup and every alternative.",
+    )
     p.add_argument("--model", metavar="NAME|PATH", help="catalog name, size (7b), HF id, model dir or config.json")
     p.add_argument("--list-models", action="store_true", help="list the model catalog and exit")
     p.add_argument("--gpus", type=_positive_int, metavar="N", help="GPUs per node (default: the local GPUs, else 1)")
@@ -41,10 +45,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gpu = p.add_mutually_exclusive_group()
     gpu.add_argument("--gpu", metavar="TYPE", help="GPU type, e.g. a100-80g, h100-80g, l40s, rtx4090, a10g, t4")
     gpu.add_argument("--gpu-mem", type=_positive_float, metavar="GIB", help="GPU memory in GiB (unknown GPU type)")
-    p.add_argument("--host-ram", type=_positive_float, metavar="GIB",
-                   help="host RAM per node in GiB (default: this machine's when planning for its GPUs)")
-    p.add_argument("--tuner", type=_canonical, choices=TUNERS + ("dora",),
-                   help="evaluate this tuner (omit to get a recommendation); dora = LoRA with DoRA")
+    p.add_argument(
+        "--host-ram",
+        type=_positive_float,
+        metavar="GIB",
+        help="host RAM per node in GiB (default: this machine's when planning for its GPUs)",
+    )
+    p.add_argument(
+        "--tuner",
+        type=_canonical,
+        choices=TUNERS + ("dora",),
+        help="evaluate this tuner (omit to get a recommendation); dora = LoRA with DoRA",
+    )
     p.add_argument("--dora", action="store_true", help="LoRA/QLoRA with weight-decomposed adapters (DoRA)")
     p.add_argument("--precision", type=_canonical, choices=PRECISIONS)
     p.add_argument("--optim", type=_optimizer, choices=OPTIMIZERS)
@@ -52,18 +64,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--offload", choices=OFFLOADS)
     p.add_argument("--micro-batch", type=_positive_int, metavar="B", help="sequences per GPU per step (default 1)")
     p.add_argument("--seq-len", type=_positive_int, metavar="L", help="tokens per sequence (default 2048)")
-    p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
-                   help="gradient checkpointing (default on)")
-    p.add_argument("--attn", type=_canonical, choices=ATTENTIONS, help="attention kernel (default flash where supported)")
+    p.add_argument(
+        "--grad-ckpt", action=argparse.BooleanOptionalAction, default=None, help="gradient checkpointing (default on)"
+    )
+    p.add_argument(
+        "--attn", type=_canonical, choices=ATTENTIONS, help="attention kernel (default flash where supported)"
+    )
     p.add_argument("--lora-rank", type=_positive_int, metavar="R", default=8)
-    p.add_argument("--lora-targets", default="all-linear", metavar="SPEC",
-                   help="all-linear, attn, mlp or module names like q_proj,v_proj")
+    p.add_argument(
+        "--lora-targets",
+        default="all-linear",
+        metavar="SPEC",
+        help="all-linear, attn, mlp or module names like q_proj,v_proj",
+    )
     p.add_argument("--lisa-layers", type=_positive_int, default=2, metavar="K")
     p.add_argument("--trainable-layers", type=_positive_int, default=2, metavar="K", help="freeze: top K layers train")
-    p.add_argument("--quant", type=_quant, choices=QUANTS, default="nf4",
-                   help="QLoRA weight format: nf4 (with double quantization) or int8")
-    p.add_argument("--global-batch", type=_positive_int, default=64, metavar="N",
-                   help="target sequences per optimizer step, for gradient accumulation (default 64)")
+    p.add_argument(
+        "--quant",
+        type=_quant,
+        choices=QUANTS,
+        default="nf4",
+        help="QLoRA weight format: nf4 (with double quantization) or int8",
+    )
+    p.add_argument(
+        "--global-batch",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="target sequences per optimizer step, for gradient accumulation (default 64)",
+    )
     p.add_argument("--dataset", metavar="PATH", help="data file whose token lengths set --seq-len and epoch time")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
@@ -73,9 +102,16 @@ def _canonical(text: str) -> str:
     return text.strip().lower().replace("_", "-")
 
 
-OPTIMIZER_ALIASES = {"adamw-torch": "adamw", "adamw-torch-fused": "adamw", "adam": "adamw", "adamw-hf": "adamw",
-                     "adamw-bnb-8bit": "adamw-8bit", "adamw8bit": "adamw-8bit", "paged-adamw-32bit": "paged-adamw",
-                     "paged-adamw8bit": "paged-adamw-8bit"}
+OPTIMIZER_ALIASES = {
+    "adamw-torch": "adamw",
+    "adamw-torch-fused": "adamw",
+    "adam": "adamw",
+    "adamw-hf": "adamw",
+    "adamw-bnb-8bit": "adamw-8bit",
+    "adamw8bit": "adamw-8bit",
+    "paged-adamw-32bit": "paged-adamw",
+    "paged-adamw8bit": "paged-adamw-8bit",
+}
 
 
 def _optimizer(text: str) -> str:
@@ -131,14 +167,29 @@ def resolve_cluster(args: argparse.Namespace) -> tuple[Cluster, str]:
 def build_setup(args: argparse.Namespace, cluster: Cluster, seq_len: int) -> tuple[Setup, frozenset[str]]:
     gpu = cluster.gpu
     given = {name: getattr(args, name) for name in SEARCHED if getattr(args, name) is not None}
-    defaults = dict(precision="bf16-true" if gpu.bf16 else "fp16-mixed", optim="adamw", zero=0, offload="none",
-                    grad_ckpt=True, attn="flash" if gpu.flash_attention else "sdpa", micro_batch=1)
+    defaults = dict(
+        precision="bf16-true" if gpu.bf16 else "fp16-mixed",
+        optim="adamw",
+        zero=0,
+        offload="none",
+        grad_ckpt=True,
+        attn="flash" if gpu.flash_attention else "sdpa",
+        micro_batch=1,
+    )
     values = {**defaults, **given}
     tuner = "lora" if args.tuner in (None, "dora") else args.tuner
     try:
-        setup = Setup(tuner=tuner, seq_len=seq_len, lora_rank=args.lora_rank, dora=args.dora or args.tuner == "dora",
-                      lora_targets=args.lora_targets, lisa_layers=args.lisa_layers,
-                      trainable_layers=args.trainable_layers, quant=args.quant, **values)
+        setup = Setup(
+            tuner=tuner,
+            seq_len=seq_len,
+            lora_rank=args.lora_rank,
+            dora=args.dora or args.tuner == "dora",
+            lora_targets=args.lora_targets,
+            lisa_layers=args.lisa_layers,
+            trainable_layers=args.trainable_layers,
+            quant=args.quant,
+            **values,
+        )
     except SetupError as err:
         raise CliError(str(err)) from None
     return setup, frozenset(given)
@@ -149,8 +200,10 @@ def run(args: argparse.Namespace) -> int:
         plan_view.print_models(entries(), as_json=args.json)
         return 0
     if not args.model:
-        raise CliError("ftui plan needs --model (a catalog name like llama-3.1-8b, a size like 7b, or a path); "
-                       "see `ftui plan --list-models`")
+        raise CliError(
+            "ftui plan needs --model (a catalog name like llama-3.1-8b, a size like 7b, or a path); "
+            "see `ftui plan --list-models`"
+        )
     try:
         model = resolve_model(args.model)
     except UnknownModel as err:
@@ -168,8 +221,9 @@ def run(args: argparse.Namespace) -> int:
         model.arch.lora_targets(setup.lora_targets)
     except ValueError as err:
         raise CliError(f"--lora-targets: {err}") from None
-    result = make_plan(model, setup, cluster, recommend_tuner=args.tuner is None,
-                       global_batch=args.global_batch, fixed=fixed)
+    result = make_plan(
+        model, setup, cluster, recommend_tuner=args.tuner is None, global_batch=args.global_batch, fixed=fixed
+    )
     if args.json:
         json.dump(plan_view.to_json(result, gpu_source, stats), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -49,8 +49,11 @@ def setup_json(s: Setup) -> dict[str, Any]:
 
 def per_gpu_json(mem: MemoryEstimate) -> dict[str, float]:
     out = {f"{part}_gib": gib(mem.part(part)) for part in PARTS}
-    out.update(peak_allocated_gib=gib(mem.peak_allocated), peak_reserved_gib=gib(mem.peak_reserved),
-               nvml_used_gib=gib(mem.nvml_used))
+    out.update(
+        peak_allocated_gib=gib(mem.peak_allocated),
+        peak_reserved_gib=gib(mem.peak_reserved),
+        nvml_used_gib=gib(mem.nvml_used),
+    )
     return out
 
 
@@ -70,8 +73,18 @@ def estimate_json(est: Estimate, stats: DatasetStats | None = None) -> dict[str,
         "model_states_gib": gib(mem.model_states_bytes),
         "peak_phase": mem.peak_phase,
         "phases": {ph: {"allocated_gib": gib(mem.phase_total(ph))} for ph in PHASES},
-        "terms": [{"part": t.part, "name": t.name, "gib": gib(t.bytes), "phases": list(t.phases),
-                   "pool": t.pool, "source": t.source} for t in mem.terms if t.bytes],
+        "terms": [
+            {
+                "part": t.part,
+                "name": t.name,
+                "gib": gib(t.bytes),
+                "phases": list(t.phases),
+                "pool": t.pool,
+                "source": t.source,
+            }
+            for t in mem.terms
+            if t.bytes
+        ],
         "refusals": [{"rule": r.rule, "reason": r.reason} for r in est.refusals],
         "warnings": list(est.warnings),
     }
@@ -82,26 +95,48 @@ def estimate_json(est: Estimate, stats: DatasetStats | None = None) -> dict[str,
 
 def alternative_json(alt: Alternative) -> dict[str, Any]:
     c = alt.candidate
-    return {"tuner": alt.tuner, "zero": alt.zero, "fits": alt.fits, "reason": alt.reason,
-            "setup": setup_json(c.setup) if c else None,
-            "required_gib": gib(c.memory.required) if c else None,
-            "tokens_per_s": round(c.throughput.tokens_per_s, 1) if c else None}
+    return {
+        "tuner": alt.tuner,
+        "zero": alt.zero,
+        "fits": alt.fits,
+        "reason": alt.reason,
+        "setup": setup_json(c.setup) if c else None,
+        "required_gib": gib(c.memory.required) if c else None,
+        "tokens_per_s": round(c.throughput.tokens_per_s, 1) if c else None,
+    }
 
 
 def model_json(m: ModelEntry) -> dict[str, Any]:
     a = m.arch
-    return {"name": m.name, "hf_id": m.hf_id, "source": m.source, "family": a.family, "params": a.params,
-            "active_params": a.active_params, "layers": a.layers, "hidden": a.hidden, "heads": a.heads,
-            "kv_heads": a.kv_heads, "vocab": a.vocab}
+    return {
+        "name": m.name,
+        "hf_id": m.hf_id,
+        "source": m.source,
+        "family": a.family,
+        "params": a.params,
+        "active_params": a.active_params,
+        "layers": a.layers,
+        "hidden": a.hidden,
+        "heads": a.heads,
+        "kv_heads": a.kv_heads,
+        "vocab": a.vocab,
+    }
 
 
 def to_json(plan: Plan, gpu_source: str, stats: DatasetStats | None = None) -> dict[str, Any]:
     c = plan.cluster
     out: dict[str, Any] = {
         "model": model_json(plan.model),
-        "cluster": {"gpu": c.gpu.key, "gpu_name": c.gpu.name, "gpu_memory_gib": round(c.gpu.memory_gib, 2),
-                    "gpus_per_node": c.gpus_per_node, "nodes": c.nodes, "world": c.world, "source": gpu_source,
-                    "host_ram_gib": gib(c.host_ram_bytes) if c.host_ram_bytes else None},
+        "cluster": {
+            "gpu": c.gpu.key,
+            "gpu_name": c.gpu.name,
+            "gpu_memory_gib": round(c.gpu.memory_gib, 2),
+            "gpus_per_node": c.gpus_per_node,
+            "nodes": c.nodes,
+            "world": c.world,
+            "source": gpu_source,
+            "host_ram_gib": gib(c.host_ram_bytes) if c.host_ram_bytes else None,
+        },
     }
     if stats is not None:
         out["dataset"] = asdict(stats)
@@ -126,11 +161,13 @@ def to_json(plan: Plan, gpu_source: str, stats: DatasetStats | None = None) -> d
 
 def _console():
     from rich.console import Console
+
     return Console(highlight=False)
 
 
 def memory_table(mem: MemoryEstimate):
     from rich.table import Table
+
     t = Table(title="Per-GPU memory (GiB)", title_justify="left", box=None, pad_edge=False)
     t.add_column("")
     peak = mem.peak_phase
@@ -138,7 +175,9 @@ def memory_table(mem: MemoryEstimate):
         label = {"backward": "after forward", "step": "optimizer step"}[ph]
         t.add_column(label + (" (peak)" if ph == peak else ""), justify="right")
     for part in PARTS:
-        t.add_row(part, *(f"{mem.part(part, ph) / GIB:.2f}" if part != "overhead" or ph == peak else "" for ph in PHASES))
+        t.add_row(
+            part, *(f"{mem.part(part, ph) / GIB:.2f}" if part != "overhead" or ph == peak else "" for ph in PHASES)
+        )
     t.add_row("", "", "")
     t.add_row("peak allocated", f"{mem.peak_allocated / GIB:.2f}", "")
     t.add_row("peak reserved", f"{mem.peak_reserved / GIB:.2f}", "")
@@ -152,9 +191,11 @@ def render_estimate(console, est: Estimate, stats: DatasetStats | None, title: s
     console.print(f"[bold]{title}[/bold]: {est.setup.summary()}")
     console.print(memory_table(mem))
     verdict = "[green]fits[/green]" if est.fits else "[red]does not fit[/red]"
-    console.print(f"{verdict}: needs {mem.required / GIB:.1f} of {mem.capacity_bytes / GIB:.1f} GiB per GPU · "
-                  f"max micro-batch {est.max_micro_batch} · max seq len {est.max_seq_len:,} · "
-                  f"{est.throughput.tokens_per_s:,.0f} tokens/s · host RAM {mem.cpu_ram_bytes / GIB:.0f} GiB per node")
+    console.print(
+        f"{verdict}: needs {mem.required / GIB:.1f} of {mem.capacity_bytes / GIB:.1f} GiB per GPU · "
+        f"max micro-batch {est.max_micro_batch} · max seq len {est.max_seq_len:,} · "
+        f"{est.throughput.tokens_per_s:,.0f} tokens/s · host RAM {mem.cpu_ram_bytes / GIB:.0f} GiB per node"
+    )
     if stats is not None:
         seconds = stats.total_tokens / est.throughput.tokens_per_s
         console.print(f"one epoch of ~{stats.total_tokens:,} tokens: about {duration(seconds)}")
@@ -166,16 +207,28 @@ def render_estimate(console, est: Estimate, stats: DatasetStats | None, title: s
 
 def alternatives_table(alts: Iterable[Alternative]):
     from rich.table import Table
+
     t = Table(title="Alternatives", title_justify="left", box=None, pad_edge=False)
-    for col, just in (("tuner", "left"), ("ZeRO", "right"), ("fits", "left"), ("GiB/GPU", "right"),
-                      ("tokens/s", "right"), ("why not", "left")):
+    for col, just in (
+        ("tuner", "left"),
+        ("ZeRO", "right"),
+        ("fits", "left"),
+        ("GiB/GPU", "right"),
+        ("tokens/s", "right"),
+        ("why not", "left"),
+    ):
         t.add_column(col, justify=just)
     for group in _merge_refusals(list(alts)):
         a, c = group[0], group[0].candidate
         stages = str(a.zero) if len(group) == 1 else f"{group[0].zero}-{group[-1].zero}"
-        t.add_row(a.tuner, stages, "yes" if a.fits else "no",
-                  f"{c.memory.required / GIB:.1f}" if c and c.refusal is None else "-",
-                  f"{c.throughput.tokens_per_s:,.0f}" if c and a.fits else "-", a.reason)
+        t.add_row(
+            a.tuner,
+            stages,
+            "yes" if a.fits else "no",
+            f"{c.memory.required / GIB:.1f}" if c and c.refusal is None else "-",
+            f"{c.throughput.tokens_per_s:,.0f}" if c and a.fits else "-",
+            a.reason,
+        )
     return t
 
 
@@ -184,8 +237,13 @@ def _merge_refusals(alts: list[Alternative]) -> list[list[Alternative]]:
     groups: list[list[Alternative]] = []
     for a in alts:
         last = groups[-1][-1] if groups else None
-        if (last is not None and a.reason.startswith("refused") and a.reason == last.reason
-                and a.tuner == last.tuner and a.zero == last.zero + 1):
+        if (
+            last is not None
+            and a.reason.startswith("refused")
+            and a.reason == last.reason
+            and a.tuner == last.tuner
+            and a.zero == last.zero + 1
+        ):
             groups[-1].append(a)
         else:
             groups.append([a])
@@ -197,13 +255,19 @@ def render(plan: Plan, gpu_source: str, stats: DatasetStats | None = None) -> No
     m, c = plan.model, plan.cluster
     a = m.arch
     alias = f" ({m.source})" if m.source != "catalog" else ""
-    console.print(f"[bold]Model[/bold]  {m.name}{alias} · {a.params / 1e9:.2f} B params · {a.layers} layers x "
-                  f"{a.hidden} · vocab {a.vocab:,}")
-    console.print(f"[bold]GPUs[/bold]   {c.world} x {c.gpu.name} ({c.gpu.memory_gib:.1f} GiB)"
-                  f" · {c.nodes} node{'s' if c.nodes > 1 else ''} [dim](from {gpu_source})[/dim]")
+    console.print(
+        f"[bold]Model[/bold]  {m.name}{alias} · {a.params / 1e9:.2f} B params · {a.layers} layers x "
+        f"{a.hidden} · vocab {a.vocab:,}"
+    )
+    console.print(
+        f"[bold]GPUs[/bold]   {c.world} x {c.gpu.name} ({c.gpu.memory_gib:.1f} GiB)"
+        f" · {c.nodes} node{'s' if c.nodes > 1 else ''} [dim](from {gpu_source})[/dim]"
+    )
     if stats is not None:
-        console.print(f"[bold]Data[/bold]   {stats.samples:,} samples · ~{stats.total_tokens:,} tokens · "
-                      f"p95 {stats.p95:,} / max {stats.max:,} tokens per sample (estimated)")
+        console.print(
+            f"[bold]Data[/bold]   {stats.samples:,} samples · ~{stats.total_tokens:,} tokens · "
+            f"p95 {stats.p95:,} / max {stats.max:,} tokens per sample (estimated)"
+        )
     console.print()
     rec = plan.recommendation
     if rec is None:
@@ -225,15 +289,24 @@ def print_models(models: Iterable[ModelEntry], as_json: bool = False) -> None:
     if as_json:
         import json
         import sys
+
         json.dump([model_json(m) for m in models], sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
     from rich.table import Table
+
     t = Table(box=None, pad_edge=False)
     for col in ("name", "params", "layers", "hidden", "kv heads", "vocab", "HF id"):
         t.add_column(col)
     for m in models:
         a = m.arch
-        t.add_row(m.name, f"{a.params / 1e9:.2f} B", str(a.layers), str(a.hidden), f"{a.kv_heads}/{a.heads}",
-                  f"{a.vocab:,}", m.hf_id)
+        t.add_row(
+            m.name,
+            f"{a.params / 1e9:.2f} B",
+            str(a.layers),
+            str(a.hidden),
+            f"{a.kv_heads}/{a.heads}",
+            f"{a.vocab:,}",
+            m.hf_id,
+        )
     _console().print(t)
