@@ -240,13 +240,16 @@ def test_unknown_gpu_message_suggests_close_types(capsys):
 # --- GPUs from NVML (fake scenarios) -----------------------------------------------------
 
 
-def test_plan_without_gpu_flags_and_no_gpu_asks_for_gpu(capsys, fake_nvml):
+def test_plan_without_gpu_or_nvml_says_so_and_plans_for_an_example_gpu(capsys, fake_nvml):
     fake_nvml("none")
-    code, out, err = ftui(capsys, "plan", "--model", "7b", "--json")
-    assert code == 2
-    assert "no NVIDIA GPU found" in err
-    assert "--gpu" in err
+    code, out, err = ftui(capsys, "plan", "--model", "7b", "--gpus", "8", "--json")
+    assert code == 0
+    assert "no NVIDIA GPU found" in err and "--gpu TYPE" in err and "example" in err
     assert "Traceback" not in err
+    doc = json.loads(out)  # stdout stays pure JSON: the note went to stderr
+    assert doc["cluster"]["gpu"] == "a100-80g" and doc["cluster"]["world"] == 8
+    assert doc["cluster"]["source"].startswith("assumed")
+    assert doc["recommendation"]["estimate"]["fits"]
 
 
 def test_plan_without_gpu_flags_uses_the_gpus_nvml_sees(capsys, fake_nvml):

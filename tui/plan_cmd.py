@@ -25,6 +25,9 @@ EPILOG = """examples:
   ftui plan --list-models
 """
 
+EXAMPLE_GPU = "a100-80g"
+"""Planned for, with a note on stderr, when no GPU is given and NVML finds none here."""
+
 SEARCHED = ("precision", "optim", "zero", "offload", "grad_ckpt", "attn", "micro_batch")
 """Flags the recommender searches unless the user fixes them."""
 
@@ -159,7 +162,10 @@ def resolve_cluster(args: argparse.Namespace) -> tuple[Cluster, str]:
         found = local_gpus()
     except NoGpu as err:
         types = ", ".join(g.key for g in GPUS)
-        raise CliError(f"{err}. Say which GPUs to plan for: --gpu TYPE (one of {types}) or --gpu-mem GIB") from None
+        example = gpu_spec(EXAMPLE_GPU)
+        print(f"ftui: {err}. Planning for {example.name} as an example; say which GPUs you will train on with "
+              f"--gpu TYPE (one of {types}) or --gpu-mem GIB.", file=sys.stderr)
+        return Cluster(example, args.gpus or 1, args.nodes, host), "assumed: no GPU found here"
     spec: GpuSpec = match_nvml_name(found[0].name, found[0].memory_total_mib)
     return Cluster(spec, args.gpus or len(found), args.nodes, host or host_ram_bytes()), "nvml"
 

@@ -259,9 +259,10 @@ def render(plan: Plan, gpu_source: str, stats: DatasetStats | None = None) -> No
         f"[bold]Model[/bold]  {m.name}{alias} · {a.params / 1e9:.2f} B params · {a.layers} layers x "
         f"{a.hidden} · vocab {a.vocab:,}"
     )
+    origin = gpu_source if gpu_source.startswith("assumed") else f"from {gpu_source}"
     console.print(
         f"[bold]GPUs[/bold]   {c.world} x {c.gpu.name} ({c.gpu.memory_gib:.1f} GiB)"
-        f" · {c.nodes} node{'s' if c.nodes > 1 else ''} [dim](from {gpu_source})[/dim]"
+        f" · {c.nodes} node{'s' if c.nodes > 1 else ''} [dim]({origin})[/dim]"
     )
     if stats is not None:
         console.print(
