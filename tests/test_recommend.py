@@ -69,7 +69,7 @@ def test_alternatives_cover_every_tuner_and_zero_stage_with_reasons(which, reque
     for alt in rec.alternatives:
         assert alt.reason.strip(), alt
         if alt.reason != "chosen" and not alt.fits:
-            assert alt.reason.startswith(("refused", "does not fit", "no variant")), alt.reason
+            assert alt.reason.startswith(("refused", "does not fit", "needs", "no variant")), alt.reason
 
 
 def test_gradient_accumulation_reaches_the_target_global_batch(rec_7b_8xa100, rec_qwen_4090, rec_7b_t4):
