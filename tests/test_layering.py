@@ -58,3 +58,28 @@ def test_the_import_scanner_reports_file_and_line(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text('"""doc"""\nimport os\nfrom runner.nvml import NoGpu\ndef f():\n    import torch\n')
     assert sorted(_imported_roots(bad)) == [(2, "os"), (3, "runner"), (5, "torch")]
+
+
+TRAINING_MODULES = ("train.py", "train_callbacks.py", "train_data.py")
+"""The training entry point and what only it imports: the one place torch may be imported."""
+
+
+def test_only_the_training_entry_point_imports_torch():
+    offenders = [
+        f"{path.relative_to(REPO)}:{line}: imports {mod}"
+        for path in sorted((REPO / "runner").glob("*.py"))
+        if path.name not in TRAINING_MODULES
+        for line, mod in _imported_roots(path)
+        if mod in ("torch", "transformers", "peft", "deepspeed", "bitsandbytes", "accelerate")
+    ]
+    assert not offenders, offenders
+
+
+def test_launching_a_run_imports_no_torch_in_the_cli_process():
+    code = (
+        "import sys, runner.lifecycle, runner.runs, runner.launch, runner.resolve, tui.cli\n"
+        "print(','.join(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"the CLI process imported {proc.stdout.strip()}"

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Sequence
 
-from . import gpus_cmd, plan_cmd
+from . import gpus_cmd, logs_cmd, plan_cmd, recipes_cmd, resume_cmd, runs_cmd, stop_cmd, train_cmd
 from .errors import CliError
 
 
@@ -16,7 +16,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ftui: error: {message}\n(see `{self.prog} --help`)\n")
 
 
-COMMANDS = (plan_cmd, gpus_cmd)
+COMMANDS = (plan_cmd, gpus_cmd, train_cmd, runs_cmd, logs_cmd, stop_cmd, resume_cmd, recipes_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

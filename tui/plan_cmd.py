@@ -163,8 +163,11 @@ def resolve_cluster(args: argparse.Namespace) -> tuple[Cluster, str]:
     except NoGpu as err:
         types = ", ".join(g.key for g in GPUS)
         example = gpu_spec(EXAMPLE_GPU)
-        print(f"ftui: {err}. Planning for {example.name} as an example; say which GPUs you will train on with "
-              f"--gpu TYPE (one of {types}) or --gpu-mem GIB.", file=sys.stderr)
+        print(
+            f"ftui: {err}. Planning for {example.name} as an example; say which GPUs you will train on with "
+            f"--gpu TYPE (one of {types}) or --gpu-mem GIB.",
+            file=sys.stderr,
+        )
         return Cluster(example, args.gpus or 1, args.nodes, host), "assumed: no GPU found here"
     spec: GpuSpec = match_nvml_name(found[0].name, found[0].memory_total_mib)
     return Cluster(spec, args.gpus or len(found), args.nodes, host or host_ram_bytes()), "nvml"

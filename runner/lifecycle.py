@@ -1,0 +1,149 @@
+"""Start and resume runs: resolve the recipe, check the plan, write the run directory, launch the
+detached supervisor. The CLI and the TUI call these; neither spawns anything itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.report import estimate_json
+
+from .checkpoints import newest_complete
+from .launch import LaunchPlan, build_launch, spawn_detached
+from .recipe import AUTO, Recipe, RecipeError, apply_overrides, dump_recipe, load_recipe
+from .resolve import Machine, RunSettings, detect_machine, resolve, verdict
+from .runs import ACTIVE, RunDir, RunError, default_runs_dir, new_run_dir, process_start_time
+
+
+class PlanRefused(RuntimeError):
+    """The planner says the run will not fit; the message says why and what would."""
+
+
+@dataclass(frozen=True)
+class Started:
+    run: RunDir
+    settings: RunSettings
+    launch: LaunchPlan
+    pid: int
+
+
+def absolute_paths(recipe: Recipe) -> Recipe:
+    """Recipe paths made absolute (the resolved recipe is read from the run directory later)."""
+    model_path = recipe.path_of(recipe.model.path)
+    model = recipe.model if not model_path.exists() else dataclasses.replace(recipe.model, path=str(model_path))
+    data = dataclasses.replace(recipe.dataset, path=str(recipe.path_of(recipe.dataset.path)))
+    if isinstance(data.eval_split, str) and data.eval_split != AUTO:
+        data = dataclasses.replace(data, eval_split=str(recipe.path_of(data.eval_split)))
+    return recipe.but(model=model, dataset=data)
+
+
+def prepare(recipe_path: Path, overrides: list[str], machine: Machine | None = None) -> RunSettings:
+    """Read, override, check and resolve a recipe (nothing is written)."""
+    recipe = apply_overrides(load_recipe(recipe_path), overrides)
+    return resolve(absolute_paths(recipe), machine or detect_machine())
+
+
+def check_data(settings: RunSettings) -> dict:
+    """Load the data set once here, so a bad file fails at launch rather than in the log."""
+    from .train_data import DataError, check_dataset  # loaders only; no torch
+
+    recipe = settings.recipe
+    try:
+        return check_dataset(settings.resolved_recipe().dataset, recipe.base_dir())
+    except DataError as err:
+        raise RecipeError(f"{recipe.source or 'recipe'} dataset", str(err)) from None
+
+
+def refusal_message(settings: RunSettings, problems: list[str]) -> str:
+    lines = ["the planner says this run will not fit:"] + [f"  - {p}" for p in problems]
+    plan = settings.plan
+    if plan is not None and plan.max_micro_batch == 0:
+        lines.append(
+            "  try: ftui plan --model " + settings.model.name + " to see what fits, "
+            "or set train.micro_batch/dataset.max_seq_len lower, distributed.zero higher, or tuner qlora"
+        )
+    elif plan is not None:
+        lines.append(f"  try: --set train.micro_batch={plan.max_micro_batch}")
+    lines.append("  (or --force to launch anyway)")
+    return "\n".join(lines)
+
+
+def start_run(
+    recipe_path: Path,
+    overrides: list[str],
+    *,
+    runs_dir: Path | None = None,
+    force: bool = False,
+    machine: Machine | None = None,
+    python: str = sys.executable,
+) -> Started:
+    """Create the run directory and launch the run detached."""
+    settings = prepare(recipe_path, overrides, machine)
+    check_data(settings)
+    ok, problems = verdict(settings)
+    if not ok and not force:
+        raise PlanRefused(refusal_message(settings, problems))
+    recipe = settings.recipe
+    default = recipe.output.dir == "runs"
+    root = runs_dir or (default_runs_dir() if default else Path(recipe.output.dir).expanduser())
+    run = new_run_dir(root, recipe.output.name or Path(recipe_path).stem)
+    header = f"# resolved by ftui from {recipe_path} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    run.recipe.write_text(dump_recipe(settings.resolved_recipe(), header))
+    if settings.plan is not None:
+        run.plan.write_text(json.dumps(estimate_json(settings.plan), indent=2) + "\n")
+    return _launch(run, settings, None, python)
+
+
+def _launch(run: RunDir, settings: RunSettings, resume_from: str | None, python: str) -> Started:
+    plan = build_launch(settings, run.path, python=python, resume_from=resume_from)
+    run.record_launch(
+        {
+            "argv": list(plan.argv),
+            "env": plan.env,
+            "launcher": plan.launcher,
+            "resume_from": resume_from,
+            "host": socket.gethostname(),
+            "created": time.time(),
+        }
+    )
+    run.set_status("queued", exit_code=None, last_error="")
+    supervisor = LaunchPlan(
+        argv=(python, "-m", "runner.supervise", "--run-dir", str(run.path)),
+        env=plan.env,
+        files=plan.files,
+        launcher=plan.launcher,
+    )
+    pid, pgid = spawn_detached(supervisor, run.path)
+    run.update_last_launch(pid=pid, pgid=pgid, start_time=process_start_time(pid))
+    return Started(run, settings, plan, pid)
+
+
+def resume_run(run: RunDir, *, machine: Machine | None = None, python: str = sys.executable) -> Started:
+    """Relaunch `run` from its newest complete checkpoint (same world size)."""
+    state = run.effective_state()
+    if state in ACTIVE:
+        raise RunError(f"run {run.id} is {state}; stop it first (ftui stop {run.id})")
+    try:
+        settings = resolve(load_recipe(run.recipe), machine or detect_machine())
+    except RecipeError as err:
+        raise RunError(f"cannot read {run.recipe}: {err}") from None
+    best, skipped = newest_complete(run.checkpoints, settings.world)
+    if best is None:
+        raise RunError(_no_checkpoint(run, settings.world, skipped))
+    run.stop_request.unlink(missing_ok=True)
+    if skipped:
+        notes = "; ".join(f"{r.path.name} lacks {', '.join(r.missing)}" for r in skipped)
+        print(f"ftui: skipping incomplete checkpoints: {notes}", file=sys.stderr)
+    return _launch(run, settings, str(best.path), python)
+
+
+def _no_checkpoint(run: RunDir, world: int, skipped) -> str:
+    if not skipped:
+        return f"run {run.id} has no checkpoint in {run.checkpoints} to resume from"
+    details = "; ".join(f"{r.path.name} lacks {', '.join(r.missing)}" for r in skipped)
+    return f"run {run.id} has no complete checkpoint for {world} process(es): {details}"

@@ -1,0 +1,233 @@
+"""Run directories: layout, atomic status, liveness, stop requests, listing.
+
+A run lives in `<output.dir>/<run-id>/`:
+
+    recipe.yaml      the resolved recipe (no `auto` left)
+    plan.json        the planner's estimate for it
+    launch.json      every launch: argv, environment delta, pid/pgid, host, start time
+    status.json      queued | running | stopping | stopped | finished | failed (+ exit code, last error)
+    metrics.jsonl    one object per logging step
+    train.log        stdout + stderr of every process
+    checkpoints/     HF Trainer checkpoints
+    stop.request     present while a graceful stop is asked for
+
+A run whose status says it is active but whose supervisor process is gone (killed, machine
+rebooted) is reported as `dead`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ACTIVE = ("queued", "running", "stopping")
+STATES = ACTIVE + ("stopped", "finished", "failed", "dead")
+
+
+class RunError(LookupError):
+    """A run that cannot be found or acted on; the message says what to do."""
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so readers never see a half-written file (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of `pid` (clock ticks since boot), or None if it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])  # field 22 of /proc/PID/stat: starttime
+
+
+def process_alive(pid: int, start_time: int | None = None) -> bool:
+    """Is `pid` running, and the same process that started at `start_time` (not a reused pid)?"""
+    if pid <= 0:
+        return False
+    started = process_start_time(pid)
+    if started is None:
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return start_time is None
+    if start_time is not None and started != start_time:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    recipe = property(lambda self: self.path / "recipe.yaml")
+    plan = property(lambda self: self.path / "plan.json")
+    launch_file = property(lambda self: self.path / "launch.json")
+    status_file = property(lambda self: self.path / "status.json")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    log = property(lambda self: self.path / "train.log")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    stop_request = property(lambda self: self.path / "stop.request")
+
+    def status(self) -> dict[str, Any]:
+        return read_json(self.status_file) or {"state": "queued"}
+
+    def set_status(self, state: str, **fields: Any) -> dict[str, Any]:
+        """Merge `fields` into status.json and set the state (atomically)."""
+        status = self.status()
+        status.update(fields, state=state, updated=time.time())
+        write_json_atomic(self.status_file, status)
+        return status
+
+    def launches(self) -> list[dict[str, Any]]:
+        return (read_json(self.launch_file) or {}).get("launches", [])
+
+    def record_launch(self, entry: dict[str, Any]) -> None:
+        data = read_json(self.launch_file) or {"launches": []}
+        data["launches"].append(entry)
+        write_json_atomic(self.launch_file, data)
+
+    def update_last_launch(self, **fields: Any) -> None:
+        data = read_json(self.launch_file) or {"launches": [{}]}
+        data["launches"][-1].update(fields)
+        write_json_atomic(self.launch_file, data)
+
+    def supervisor(self) -> tuple[int, int | None] | None:
+        """(pid, start time) of the supervisor of the latest launch on this host, if recorded."""
+        launches = self.launches()
+        if not launches or "pid" not in launches[-1]:
+            return None
+        last = launches[-1]
+        if last.get("host") not in (None, socket.gethostname()):
+            return None
+        return int(last["pid"]), last.get("start_time")
+
+    def effective_state(self) -> str:
+        """The status, with `dead` for an active run whose supervisor is gone."""
+        state = self.status().get("state", "queued")
+        if state in ACTIVE:
+            sup = self.supervisor()
+            if sup is not None and not process_alive(*sup):
+                return "dead"
+        return state
+
+
+RUNS_DIR_ENV = "FTUI_RUNS_DIR"
+
+
+def default_runs_dir() -> Path:
+    """Where runs go and are looked for: $FTUI_RUNS_DIR, else ./runs."""
+    return Path(os.environ.get(RUNS_DIR_ENV, "runs")).expanduser()
+
+
+def new_run_dir(root: Path, name: str) -> RunDir:
+    """A fresh, uniquely named run directory under `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        candidate = root / (f"{slug}-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return RunDir(candidate)
+    raise RunError(f"cannot create a run directory under {root}")
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "recipe.yaml").is_file() and ((path / "status.json").is_file() or (path / "launch.json").is_file())
+
+
+def list_runs(root: Path) -> list[RunDir]:
+    """Runs under `root`, newest first."""
+    if not root.is_dir():
+        return []
+    runs = [RunDir(p) for p in root.iterdir() if p.is_dir() and is_run_dir(p)]
+    return sorted(runs, key=lambda r: r.path.stat().st_mtime, reverse=True)
+
+
+def find_run(ref: str, roots: list[Path]) -> RunDir:
+    """A run by path, id, or unique id prefix, looked up under `roots`."""
+    path = Path(ref).expanduser()
+    if path.is_dir() and is_run_dir(path):
+        return RunDir(path)
+    matches = [r for root in roots for r in list_runs(root) if r.id == ref]
+    if not matches:
+        matches = [r for root in roots for r in list_runs(root) if r.id.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        names = ", ".join(r.id for r in matches[:5])
+        raise RunError(f"{ref!r} matches several runs ({names}); give more of the id")
+    known = [r.id for root in roots for r in list_runs(root)][:8]
+    where = ", ".join(str(r) for r in roots)
+    hint = f" Runs there: {', '.join(known)}." if known else ""
+    raise RunError(f"no run {ref!r} under {where}.{hint} Pass the run directory, or --runs-dir DIR.")
+
+
+def request_stop(run: RunDir, grace_s: float = 10.0) -> str:
+    """First call: ask the run to checkpoint and exit. Second call: kill its process group."""
+    state = run.effective_state()
+    if state not in ACTIVE:
+        raise RunError(f"run {run.id} is {state}; nothing to stop")
+    if not run.stop_request.exists():
+        run.stop_request.write_text(f"{time.time()}\n")
+        if state != "queued":
+            run.set_status("stopping")
+        return "requested"
+    sup = run.supervisor()
+    if sup is None:
+        run.set_status("stopped", forced=True)
+        return "killed"
+    pgid = next((launch.get("pgid") for launch in reversed(run.launches()) if launch.get("pgid")), sup[0])
+    _kill_group(int(pgid), grace_s)
+    run.set_status("stopped", forced=True, last_error="killed by a second `ftui stop`")
+    return "killed"
+
+
+def _kill_group(pgid: int, grace_s: float) -> None:
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,294 @@
+"""The training entry point: `python -m runner.train --run-dir DIR [--resume-from CHECKPOINT]`.
+
+Every process of a run executes this (under torchrun, accelerate or the deepspeed launcher). It
+reads the resolved recipe from the run directory and trains with HF Trainer: full fine-tuning,
+freeze (top K layers), LoRA/DoRA and QLoRA through peft and bitsandbytes, LISA through a callback.
+Rank 0 appends metrics.jsonl and keeps status.json current. With runner.train_data and
+runner.train_callbacks, this is the only code that imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .recipe import Recipe, load_recipe
+from .runs import RunDir
+
+ATTN = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}
+OPTIM = {
+    "adamw": "adamw_torch",
+    "adamw-8bit": "adamw_bnb_8bit",
+    "paged-adamw-8bit": "paged_adamw_8bit",
+    "paged-adamw": "paged_adamw_32bit",
+    "sgd": "sgd",
+    "adafactor": "adafactor",
+}
+NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f")
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def model_dtype(recipe: Recipe):
+    import torch
+
+    precision = recipe.train.precision
+    if precision == "bf16-true":
+        return torch.bfloat16
+    if recipe.tuner == "qlora" and precision != "fp32":
+        return torch.bfloat16 if precision.startswith("bf16") else torch.float16
+    return torch.float32  # mixed precision keeps fp32 weights and computes under autocast
+
+
+def quantization(recipe: Recipe):
+    from transformers import BitsAndBytesConfig
+
+    if recipe.qlora.quant == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=model_dtype(recipe),
+        bnb_4bit_use_double_quant=recipe.qlora.double_quant,
+    )
+
+
+def load_model(recipe: Recipe, run: RunDir):
+    """The model, from pretrained weights or randomly initialised from config.json."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path, dtype = recipe.model.path, model_dtype(recipe)
+    common = dict(attn_implementation=ATTN[recipe.train.attn], trust_remote_code=recipe.model.trust_remote_code)
+    if recipe.model.init == "random":
+        config = AutoConfig.from_pretrained(
+            path, local_files_only=True, trust_remote_code=recipe.model.trust_remote_code
+        )
+        torch.manual_seed(recipe.train.seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **common)
+        if recipe.tuner != "qlora":
+            return model
+        path = str(run.path / f".random-init-rank{rank()}")  # bitsandbytes quantizes while loading
+        model.save_pretrained(path)
+    kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=True, **common)
+    if recipe.tuner == "qlora":
+        kwargs["quantization_config"] = quantization(recipe)
+        kwargs["device_map"] = {"": local_rank() if torch.cuda.is_available() else "cpu"}
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def lora_targets(recipe: Recipe, model_dir: str) -> Any:
+    """peft target_modules: `all-linear`, or the module names the planner resolves for this family."""
+    from planner import resolve_model
+
+    spec = recipe.lora.targets
+    if spec == "all-linear":
+        return "all-linear"
+    arch = resolve_model(model_dir).arch
+    return sorted({lin.name for lin in arch.lora_targets(spec)})
+
+
+def apply_tuner(model, recipe: Recipe):
+    """Freeze / wrap the model for the recipe's tuner (full and LISA train everything at start)."""
+    if recipe.tuner == "freeze":
+        return freeze_all_but_top(model, recipe.freeze.trainable_layers)
+    if recipe.tuner in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=recipe.lora.rank,
+            lora_alpha=recipe.lora.alpha,
+            lora_dropout=recipe.lora.dropout,
+            target_modules=lora_targets(recipe, recipe.model.path),
+            use_dora=recipe.lora.dora,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+    return model
+
+
+def freeze_all_but_top(model, k: int):
+    from .train_callbacks import decoder_layers
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers = decoder_layers(model)
+    for layer in layers[len(layers) - k :]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    norm = final_norm(model, layers)
+    if norm is not None:
+        for p in norm.parameters():
+            p.requires_grad_(True)
+    return model
+
+
+def final_norm(model, layers):
+    """The norm after the last decoder layer (model.norm, transformer.ln_f, ...)."""
+    inside = {id(m) for m in layers.modules()}
+    found = None
+    for name, module in model.named_modules():
+        if id(module) not in inside and name.rsplit(".", 1)[-1] in NORM_NAMES:
+            found = module
+    return found
+
+
+def training_arguments(recipe: Recipe, run: RunDir, has_eval: bool):
+    from transformers import TrainingArguments
+
+    t, d = recipe.train, recipe.distributed
+    cpu = d.device == "cpu"
+    precision = t.precision
+    eval_strategy = ("steps" if t.eval_steps > 0 else "epoch") if has_eval else "no"
+    return TrainingArguments(
+        output_dir=str(run.checkpoints),
+        per_device_train_batch_size=t.micro_batch,
+        per_device_eval_batch_size=t.micro_batch,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.scheduler,
+        **_warmup(t.warmup_ratio),
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        bf16=precision.startswith("bf16"),
+        fp16=precision == "fp16-mixed",
+        optim=OPTIM[t.optim],
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps or None,
+        seed=t.seed,
+        report_to=[] if t.report_to == "none" else [t.report_to],
+        **_checkpointing(t.grad_ckpt),
+        deepspeed=str(run.path / "ds_config.json") if d.zero > 0 else None,
+        ddp_backend="gloo" if cpu and world() > 1 else None,
+        use_cpu=cpu,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=(recipe.tuner == "lisa") if world() > 1 else None,
+        disable_tqdm=True,
+    )
+
+
+def _accepts(name: str) -> bool:
+    import inspect
+
+    from transformers import TrainingArguments
+
+    return name in inspect.signature(TrainingArguments.__init__).parameters
+
+
+def _warmup(ratio: float) -> dict[str, float]:
+    """transformers 5 takes the warmup ratio as a float warmup_steps; 4.x has warmup_ratio."""
+    return {"warmup_ratio": ratio} if _accepts("warmup_ratio") else {"warmup_steps": ratio}
+
+
+def _checkpointing(on: bool) -> dict[str, Any]:
+    """Non-reentrant checkpointing (works with frozen inputs, DDP and LISA); renamed in transformers 5."""
+    kwargs = {"use_reentrant": False}
+    if _accepts("activation_checkpointing"):
+        return {"activation_checkpointing": on, "activation_checkpointing_kwargs": kwargs}
+    return {"gradient_checkpointing": on, "gradient_checkpointing_kwargs": kwargs}
+
+
+def build_trainer(recipe: Recipe, run: RunDir):
+    from transformers import AutoTokenizer, Trainer, set_seed
+
+    from .train_callbacks import LisaCallback, MetricsCallback, StopCallback, trainable_summary
+    from .train_data import build_datasets, make_collator
+
+    set_seed(recipe.train.seed)
+    tokenizer = AutoTokenizer.from_pretrained(
+        recipe.model.path, local_files_only=True, trust_remote_code=recipe.model.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = apply_tuner(load_model(recipe, run), recipe)
+    train_ds, eval_ds, stats = build_datasets(
+        recipe.dataset, tokenizer, base_dir=recipe.base_dir(), seed=recipe.train.seed
+    )
+    if rank() == 0:
+        print(f"ftui: {stats.summary()}; {trainable_summary(model)}", flush=True)
+        run.set_status("running", phase="loaded", data=vars(stats), **trainable_summary(model))
+    callbacks = [MetricsCallback(run, recipe.train.micro_batch, world()), StopCallback(run)]
+    if recipe.tuner == "lisa":
+        callbacks.append(LisaCallback(model, recipe.lisa.layers, recipe.lisa.interval, recipe.train.seed))
+    args = training_arguments(recipe, run, eval_ds is not None)
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=make_collator(tokenizer),
+        callbacks=callbacks,
+        processing_class=tokenizer,
+    )
+
+
+def train(run: RunDir, resume_from: str | None) -> int:
+    from .train_callbacks import write_final_status
+
+    recipe = load_recipe(run.recipe)
+    trainer = build_trainer(recipe, run)
+    trainer.train(resume_from_checkpoint=resume_from)
+    stopped = run.stop_request.exists()
+    if not stopped:
+        trainer.save_model(str(run.path / "final"))
+    write_final_status(run, run.plan)
+    if rank() == 0:
+        run.set_status("stopped" if stopped else "finished", step=trainer.state.global_step)
+    _leave_process_group()
+    return 0
+
+
+def _leave_process_group() -> None:
+    """Tear the process group down before exit (gloo aborts the process if its threads outlive it)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runner.train")
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--resume-from", default=None)
+    args = parser.parse_args(argv)
+    run = RunDir(args.run_dir)
+    try:
+        return train(run, args.resume_from)
+    except Exception as err:  # the traceback goes to train.log; status.json gets the one-line reason
+        from .train_data import DataError
+
+        if isinstance(err, DataError):
+            print(f"error: {err}", file=sys.stderr, flush=True)  # says file, record and what to do
+        else:
+            traceback.print_exc()
+        if rank() == 0:
+            run.set_status("failed", last_error=f"{type(err).__name__}: {err}"[:500])
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""HF Trainer callbacks of the training entry point: metrics, graceful stop, LISA.
+
+Imported only by runner.train (the one place that imports torch).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback
+
+from .runs import RunDir
+
+GIB = 2**30
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _memory_per_rank() -> dict[str, dict[str, float]]:
+    """{rank: {allocated_gib, reserved_gib}}: each rank's peak so far, gathered from every rank."""
+    mine: dict[str, float] = {}
+    if torch.cuda.is_available():
+        mine = {
+            "allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 3),
+            "reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 3),
+        }
+    rank = dist.get_rank() if _distributed() else 0
+    if not _distributed():
+        return {str(rank): mine} if mine else {}
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return {str(r): m for r, m in enumerate(everyone) if m}
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends one line per logging step to metrics.jsonl (rank 0), in ftui's metrics schema."""
+
+    def __init__(self, run: RunDir, micro_batch: int, world: int) -> None:
+        self.run = run
+        self.samples_per_step = micro_batch * world
+        self.t0 = self.t_last = time.time()
+        self.step0 = self.step_last = 0
+        self.tokens_last = 0
+        self.latest: dict[str, Any] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.t0 = self.t_last = time.time()
+        self.step0 = self.step_last = state.global_step
+        self.tokens_last = state.num_input_tokens_seen
+        if state.is_world_process_zero:
+            self.run.set_status("running", phase="training", step=state.global_step, total_steps=state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        mem = _memory_per_rank()  # a collective: every rank takes part
+        if not state.is_world_process_zero or "train_loss" in (logs or {}):
+            return  # the end-of-training summary (train_loss over the run) is not a step record
+        record = self._record(state, logs or {}, mem)
+        self.latest = record
+        with open(self.run.metrics, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        self.run.set_status(
+            self.run.status().get("state", "running"),
+            step=state.global_step,
+            total_steps=state.max_steps,
+            loss=record.get("loss"),
+            eta_s=record["eta_s"],
+        )
+
+    def _record(self, state, logs: dict[str, Any], mem: dict[str, Any]) -> dict[str, Any]:
+        now, step = time.time(), state.global_step
+        dt = max(now - self.t_last, 1e-9)
+        tokens = int(state.num_input_tokens_seen)
+        steps_done = step - self.step_last
+        rate = (step - self.step0) / max(now - self.t0, 1e-9)
+        record = {
+            "step": step,
+            "total_steps": state.max_steps,
+            "epoch": round(state.epoch or 0.0, 4),
+            "loss": logs.get("loss"),
+            "eval_loss": logs.get("eval_loss"),
+            "lr": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),
+            "tokens": tokens,
+            "tokens_per_s": round((tokens - self.tokens_last) / dt, 2) if steps_done else None,
+            "samples_per_s": round(steps_done * self.samples_per_step / dt, 3) if steps_done else None,
+            "elapsed_s": round(now - self.t0, 2),
+            "eta_s": round((state.max_steps - step) / rate, 1) if rate > 0 else None,
+            "mem": mem,
+            "time": round(now, 3),
+        }
+        if steps_done:
+            self.t_last, self.step_last, self.tokens_last = now, step, tokens
+        return record
+
+
+class StopCallback(TrainerCallback):
+    """Checks for stop.request after every step; all ranks agree, then save and stop together."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def on_step_end(self, args, state, control, **kwargs):
+        asked = torch.tensor([1 if self.run.stop_request.exists() else 0])
+        if _distributed():
+            if dist.get_backend() == "nccl":
+                asked = asked.cuda()
+            dist.broadcast(asked, src=0)
+        if int(asked.item()):
+            control.should_save = True
+            control.should_training_stop = True
+            if state.is_world_process_zero:
+                self.run.set_status("stopping", step=state.global_step)
+        return control
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The ModuleList of decoder blocks (model.model.layers, transformer.h, ...)."""
+    best = None
+    for _, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and (best is None or len(module) > len(best)):
+            best = module
+    if best is None:
+        raise RuntimeError("cannot find the decoder layers of this model for LISA")
+    return best
+
+
+class LisaCallback(TrainerCallback):
+    """LISA (Pan et al. 2024): every `interval` steps train `gamma` sampled decoder layers, keep the
+    embeddings, head and final norm trained, and freeze the rest.
+
+    The optimizer is built over every parameter (so any layer can be switched on), and the state of
+    a layer that is switched off is dropped together with its gradient, so Adam never keeps moments
+    for frozen layers. Every rank draws the same layers (the draw is seeded by the step), so data
+    parallel replicas stay identical (DDP runs with find_unused_parameters).
+    """
+
+    def __init__(self, model: torch.nn.Module, gamma: int, interval: int, seed: int) -> None:
+        self.layers = decoder_layers(model)
+        self.gamma = min(gamma, len(self.layers))
+        self.interval = interval
+        self.seed = seed
+        self.active: list[int] = []
+
+    def choose(self, step: int) -> list[int]:
+        rng = random.Random(self.seed * 1_000_003 + step // self.interval)
+        return sorted(rng.sample(range(len(self.layers)), self.gamma))
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if self.active and state.global_step % self.interval:
+            return
+        chosen = self.choose(state.global_step)
+        for index, layer in enumerate(self.layers):
+            on = index in chosen
+            for p in layer.parameters():
+                p.requires_grad_(on)
+                if not on:
+                    p.grad = None
+                    if optimizer is not None:
+                        _optimizer_of(optimizer).state.pop(p, None)
+        self.active = chosen
+
+
+def _optimizer_of(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer behind accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def trainable_summary(model: torch.nn.Module) -> dict[str, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": sum(p.numel() for p in model.parameters())}
+
+
+def write_final_status(run: RunDir, plan_path: Path) -> None:
+    """Planned vs measured peak memory in status.json (rank 0 writes; every rank gathers)."""
+    measured = _memory_per_rank()
+    if _distributed() and dist.get_rank() != 0:
+        return
+    planned = {}
+    try:
+        per_gpu = json.loads(plan_path.read_text()).get("per_gpu", {})
+        planned = {k: per_gpu.get(k) for k in ("peak_allocated_gib", "peak_reserved_gib", "nvml_used_gib")}
+    except (OSError, ValueError):
+        pass
+    run.set_status(run.status().get("state", "running"), planned_peak=planned, measured_peak=measured)

@@ -1,0 +1,268 @@
+"""End to end on the CPU: `ftui train` launches real, detached HF Trainer runs of the tiny demo model.
+
+Each tuner trains; 2-process DDP over gloo; DeepSpeed ZeRO-2/3 (+ CPU offload); a 2-"node" run on
+loopback; stop -> resume continues the step count and the loss curve; kill -9 -> dead -> resume.
+Waiting for a run to end awaits its supervisor's exit (pidfd); waiting for a step reads status.json
+against a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from recipes import find_recipe
+from runner.runs import RunDir, list_runs
+from tui.cli import main
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+DEMO = str(find_recipe("tiny-demo"))
+QUICK = ["train.max_steps=12", "train.save_steps=6", "train.logging_steps=2"]
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTUI_RUNS_DIR", str(tmp_path / "runs"))
+    yield tmp_path / "runs"
+    for run in list_runs(tmp_path / "runs"):  # leave no process behind
+        for launch in run.launches():
+            if launch.get("pgid"):
+                try:
+                    os.killpg(launch["pgid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(capsys, *sets: str, recipe: str = DEMO) -> RunDir:
+    argv = ["train", recipe]
+    for item in sets:
+        argv += ["--set", item]
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    run_id = out.split()[1].rstrip(":")
+    return RunDir(Path(os.environ["FTUI_RUNS_DIR"]) / run_id)
+
+
+def wait_end(run: RunDir, timeout: float = 240) -> str:
+    """Await the supervisor's exit, then return the run's state."""
+    pid = run.launches()[-1]["pid"]
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return run.effective_state()
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    assert ready, f"{run.id} still running after {timeout} s:\n{tail(run)}"
+    return run.effective_state()
+
+
+def wait_step(run: RunDir, step: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run.status()
+        if (status.get("step") or 0) >= step:
+            return
+        assert run.effective_state() in ("queued", "running", "stopping"), tail(run)
+        time.sleep(0.2)
+    raise AssertionError(f"{run.id} did not reach step {step}:\n{tail(run)}")
+
+
+def tail(run: RunDir, n: int = 40) -> str:
+    try:
+        return "\n".join(run.log.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def metrics(run: RunDir) -> list[dict]:
+    return [json.loads(line) for line in run.metrics.read_text().splitlines() if line.strip()]
+
+
+def losses(run: RunDir) -> list[tuple[int, float]]:
+    return [(m["step"], m["loss"]) for m in metrics(run) if m.get("loss") is not None]
+
+
+def check_finished(run: RunDir, steps: int = 12) -> None:
+    state = wait_end(run)
+    assert state == "finished", f"{state}: {run.status().get('last_error')}\n{tail(run)}"
+    status = run.status()
+    assert status["step"] == steps and status["exit_code"] == 0
+    records = metrics(run)
+    assert records and {
+        "step",
+        "total_steps",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens",
+        "tokens_per_s",
+        "samples_per_s",
+        "elapsed_s",
+        "eta_s",
+        "mem",
+        "time",
+    } <= set(records[0])
+    assert (run.checkpoints / f"checkpoint-{steps}").is_dir() and (run.path / "final").is_dir()
+
+
+# --- every tuner ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tuner", ["full", "freeze", "lora", "qlora", "lisa"])
+def test_each_tuner_trains_the_tiny_model_detached(capsys, runs_dir, tuner):
+    extra = ["lisa.layers=1", "lisa.interval=3"] if tuner == "lisa" else []
+    run = train(capsys, f"tuner={tuner}", *QUICK, *extra)
+    check_finished(run)
+    curve = losses(run)
+    assert curve[-1][1] < curve[0][1], f"loss did not fall: {curve}"
+    trained = run.status()["trainable_params"]
+    total = run.status()["total_params"]
+    assert (trained == total) == (tuner in ("full", "lisa")), (trained, total)
+
+
+def test_the_demo_recipe_as_shipped_learns_in_well_under_a_minute(capsys, runs_dir):
+    started = time.monotonic()
+    run = train(capsys)
+    check_finished(run, steps=80)
+    elapsed = time.monotonic() - started
+    curve = losses(run)
+    assert curve[-1][1] < 0.75 * curve[0][1], curve
+    assert elapsed < 60, f"the demo took {elapsed:.0f} s"
+
+
+# --- several processes -----------------------------------------------------------------------
+
+
+def test_two_process_ddp_over_gloo(capsys, runs_dir):
+    run = train(capsys, "distributed.gpus=2", "tuner=lora", *QUICK)
+    assert run.launches()[-1]["launcher"] == "torchrun"
+    check_finished(run)
+    log = run.log.read_text()
+    assert "world_size=2" in log or "WORLD_SIZE" in log or metrics(run)[0]["samples_per_s"] is not None
+
+
+@pytest.mark.parametrize(("zero", "offload"), [(2, "none"), (3, "none"), (3, "optimizer")])
+def test_deepspeed_zero_on_two_cpu_processes(capsys, runs_dir, zero, offload):
+    run = train(
+        capsys,
+        "distributed.gpus=2",
+        f"distributed.zero={zero}",
+        f"distributed.offload={offload}",
+        "tuner=full",
+        "train.precision=fp32",
+        *QUICK,
+    )
+    assert run.launches()[-1]["launcher"] == "deepspeed"
+    config = json.loads((run.path / "ds_config.json").read_text())
+    assert config["zero_optimization"]["stage"] == zero
+    check_finished(run)
+
+
+def test_two_nodes_on_loopback(capsys, runs_dir):
+    port = free_port()
+    common = [
+        "distributed.nodes=2",
+        "distributed.gpus=1",
+        "distributed.launcher=torchrun",
+        f"distributed.master_port={port}",
+        "tuner=lora",
+        *QUICK,
+    ]
+    node0 = train(capsys, "distributed.node_rank=0", *common)
+    node1 = train(capsys, "distributed.node_rank=1", *common)
+    check_finished(node0)
+    assert wait_end(node1) in ("finished", "stopped")
+    assert metrics(node0) and not node1.metrics.exists()  # global rank 0 writes the metrics
+
+
+# --- stop, kill, resume ----------------------------------------------------------------------
+
+
+def test_stop_then_resume_continues_the_steps_and_the_loss_curve(capsys, runs_dir):
+    run = train(capsys, "tuner=lora", "train.max_steps=400", "train.save_steps=1000", "train.logging_steps=2")
+    wait_step(run, 6)
+    assert main(["stop", run.id]) == 0
+    assert wait_end(run) == "stopped"
+    stopped_at = run.status()["step"]
+    assert (run.checkpoints / f"checkpoint-{stopped_at}").is_dir()  # the stop saved where it stopped
+    before = losses(run)
+    assert main(["resume", run.id]) == 0
+    wait_step(run, stopped_at + 6)
+    assert main(["stop", run.id]) == 0
+    assert wait_end(run) == "stopped"
+    after = [(s, v) for s, v in losses(run) if s > stopped_at]
+    steps = [s for s, _ in losses(run)]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps), steps  # no restart from 0
+    assert after[0][0] > stopped_at
+    assert abs(after[0][1] - before[-1][1]) < 0.5 * before[0][1], (before[-3:], after[:3])
+    assert len(run.launches()) == 2 and run.launches()[-1]["resume_from"].endswith(f"checkpoint-{stopped_at}")
+
+
+def test_kill_minus_9_is_seen_as_dead_and_resume_finishes_the_run(capsys, runs_dir):
+    run = train(capsys, "tuner=full", "train.max_steps=60", "train.save_steps=4", "train.logging_steps=2")
+    wait_step(run, 9)
+    os.killpg(run.launches()[-1]["pgid"], signal.SIGKILL)
+    wait_end(run)
+    assert run.effective_state() == "dead"
+    code = main(["runs", "--json"])
+    listing = json.loads(capsys.readouterr().out)
+    assert code == 0 and listing["runs"][0]["state"] == "dead"
+    assert main(["resume", run.id]) == 0
+    check_finished(run, steps=60)
+    first_after = [s for s in (m["step"] for m in metrics(run))][-1]
+    assert first_after == 60
+
+
+# --- what a user sees when something is wrong ----------------------------------------------
+
+
+def test_a_malformed_recipe_is_refused_before_anything_starts(capsys, runs_dir, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  path: x\ntrain:\n  lrr: 1\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:4: unknown key train.lrr (did you mean train.lr?)" in err and "Traceback" not in err
+    assert not list_runs(runs_dir)
+
+
+def test_a_dataset_with_the_wrong_columns_is_refused_at_launch(capsys, runs_dir, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"question": "a", "reply": "b"}\n')
+    assert main(["train", DEMO, "--set", f"dataset.path={data}", "--set", "dataset.format=auto"]) == 2
+    err = capsys.readouterr().err
+    assert "question" in err and "alpaca" in err and "Traceback" not in err
+    assert not list_runs(runs_dir)
+
+
+def test_unknown_lora_targets_are_refused_at_launch(capsys, runs_dir):
+    assert main(["train", DEMO, "--set", "tuner=lora", "--set", "lora.targets=no_such_module"]) == 2
+    err = capsys.readouterr().err
+    assert "lora.targets" in err and "q_proj" in err
+
+
+def test_a_run_that_crashes_is_failed_with_its_error_line(capsys, runs_dir, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text((Path(find_recipe("tiny-demo")).parent / "tiny/model/config.json").read_text())
+    run = train(capsys, f"model.path={model}", *QUICK)  # no tokenizer files: fails in the training process
+    assert wait_end(run) == "failed"
+    status = run.status()
+    assert status["exit_code"] != 0 and status["last_error"], status

@@ -1,0 +1,45 @@
+"""`ftui resume RUN`: relaunch from the newest complete checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from runner.lifecycle import resume_run
+from runner.recipe import RecipeError
+from runner.runs import RunError
+
+from . import follow
+from .errors import CliError
+from .logs_cmd import locate
+
+EPILOG = """examples:
+  ftui resume tiny-demo            continue the step count, the metrics and the log
+  ftui resume tiny-demo --attach
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "resume",
+        help="resume a stopped or dead run from its newest complete checkpoint",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_ref", metavar="RUN")
+    p.add_argument("--attach", action="store_true")
+    p.add_argument("--runs-dir", type=Path)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    target = locate(args.run_ref, args.runs_dir)
+    try:
+        started = resume_run(target)
+    except (RunError, RecipeError) as err:
+        raise CliError(str(err)) from None
+    launch = target.launches()[-1]
+    print(f"resumed {target.id} from {Path(launch['resume_from']).name}")
+    if args.attach:
+        return follow.follow_log(target, from_start=False)
+    return 0 if started else 1
