@@ -60,8 +60,9 @@ TORCH_EXTENSIONS_DIR=~/.cache/ftui/torch_extensions. Wall time of the whole laun
 
 DeepSpeed JIT-builds its ops with ninja on first use, into TORCH_EXTENSIONS_DIR: on CPU every
 ZeRO run needs deepspeed_shm_comm (30-70 s here), offload adds cpu_adam (50-105 s). ZeRO-3 +
-offload from an empty directory: 196 s; the next run with the same directory: 25 s. The cache is only reused when the same ninja binary runs it (a system
-ninja 1.11 after the venv's 1.13 rebuilt the op): PATH puts the venv's bin first for that reason.
+offload from an empty directory: 196 s; the next run with the same directory: 25 s. The cache
+is only reused when the same ninja binary runs it (a system ninja 1.11 after the venv's 1.13
+rebuilt the op): PATH puts the venv's bin first for that reason.
 
 What runner.train must do on CPU (found while verifying): pass use_cpu=True also under DeepSpeed
 (with use_cpu=False HF reported world_size 1 while DeepSpeed ran 2 ranks); set ddp_backend="gloo"
@@ -321,7 +322,8 @@ def launch_env(settings: RunSettings, python: str, environ: Mapping[str, str], c
     }
     per_process = max(1, cpu_count // max(1, settings.gpus_per_node))
     if settings.device == "cpu":
-        # DeepSpeed on CPU runs one OpenMP thread per rank (gloo + oversubscribed OpenMP stalls).
+        # DeepSpeed on CPU: one OpenMP thread per rank, as ARCHITECTURE.md's CPU notes prescribe
+        # (not re-measured: on the 2-core verification machine cores // 2 ranks was 1 anyway).
         env["OMP_NUM_THREADS"] = "1" if settings.deepspeed else str(per_process)
     else:
         env["OMP_NUM_THREADS"] = str(per_process)  # CPU Adam under offload uses these threads

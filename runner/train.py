@@ -230,7 +230,8 @@ def build_trainer(recipe: Recipe, run: RunDir):
     if rank() == 0:
         print(f"ftui: {stats.summary()}; {trainable_summary(model)}", flush=True)
         run.set_status("running", phase="loaded", data=vars(stats), **trainable_summary(model))
-    callbacks = [MetricsCallback(run, recipe.train.micro_batch, world()), StopCallback(run)]
+    callbacks = [MetricsCallback(run, recipe.train.micro_batch, world()),
+                 StopCallback(run, every=recipe.train.logging_steps)]
     if recipe.tuner == "lisa":
         callbacks.append(LisaCallback(model, recipe.lisa.layers, recipe.lisa.interval, recipe.train.seed))
     args = training_arguments(recipe, run, eval_ds is not None)

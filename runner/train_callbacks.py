@@ -102,12 +102,20 @@ class MetricsCallback(TrainerCallback):
 
 
 class StopCallback(TrainerCallback):
-    """Checks for stop.request after every step; all ranks agree, then save and stop together."""
+    """Checks for stop.request; all ranks agree on the step, then save and stop together.
 
-    def __init__(self, run: RunDir) -> None:
+    One process checks after every step (a stat call). Several processes check on logging steps
+    only, where rank 0 broadcasts its answer: a collective per step would cost more than the
+    check is worth, and a stop then lands within `logging_steps` steps.
+    """
+
+    def __init__(self, run: RunDir, every: int = 1) -> None:
         self.run = run
+        self.every = max(1, every)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if _distributed() and state.global_step % self.every:
+            return control
         asked = torch.tensor([1 if self.run.stop_request.exists() else 0])
         if _distributed():
             if dist.get_backend() == "nccl":
