@@ -17,7 +17,8 @@ def _readme_commands() -> list[str]:
 
 def test_readme_opens_with_install_and_run_then_install_and_test():
     first, second = _readme_commands()[:2]
-    assert first.startswith("pip install .") and "ftui plan" in first
+    assert first.startswith("pip install '.[train]'") and "ftui train recipes/tiny-demo.yaml" in first
+    assert (ROOT / "recipes" / "tiny-demo.yaml").is_file()  # the embedded default it runs
     assert second.startswith("pip install") and "pytest" in second
 
 
