@@ -30,7 +30,7 @@ from runner.runs import RunDir  # noqa: E402
 WARMUP = 20
 LOG_EVERY = 10
 
-BARE = r'''
+BARE = r"""
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
@@ -55,7 +55,7 @@ args = TrainingArguments(output_dir={out!r}, per_device_train_batch_size=t.micro
 Trainer(model=model, args=args, train_dataset=train, data_collator=make_collator(tok), callbacks=[Clock()]).train()
 if times:
     Path({result!r}).write_text(json.dumps((times[{steps}] - times[{warmup}]) / ({steps} - {warmup})))
-'''
+"""
 
 
 def bench_model(tmp: Path) -> Path:
@@ -64,15 +64,28 @@ def bench_model(tmp: Path) -> Path:
     dst = tmp / "model"
     shutil.copytree(src, dst)
     config = json.loads((dst / "config.json").read_text())
-    config.update(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
-                  num_key_value_heads=4, head_dim=32)
+    config.update(
+        hidden_size=256,
+        intermediate_size=704,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=32,
+    )
     (dst / "config.json").write_text(json.dumps(config, indent=2))
     return dst
 
 
 def ftui_step_time(model: Path, runs_dir: Path, steps: int, procs: int) -> float:
-    sets = [f"model.path={model}", f"train.max_steps={steps}", f"train.logging_steps={LOG_EVERY}",
-            "train.save_steps=100000", "dataset.eval_split=0", f"distributed.gpus={procs}", "tuner=full"]
+    sets = [
+        f"model.path={model}",
+        f"train.max_steps={steps}",
+        f"train.logging_steps={LOG_EVERY}",
+        "train.save_steps=100000",
+        "dataset.eval_split=0",
+        f"distributed.gpus={procs}",
+        "tuner=full",
+    ]
     argv = [sys.executable, "-m", "tui.cli", "train", "tiny-demo", "--runs-dir", str(runs_dir)]
     for item in sets:
         argv += ["--set", item]
@@ -87,17 +100,35 @@ def ftui_step_time(model: Path, runs_dir: Path, steps: int, procs: int) -> float
 
 def bare_step_time(model: Path, tmp: Path, steps: int, procs: int, index: int) -> float:
     recipe = tmp / f"bare-{index}.yaml"
-    recipe.write_text(find_recipe("tiny-demo").read_text().replace("path: tiny/model", f"path: {model}")
-                      .replace("path: tiny/data", f"path: {find_recipe('tiny-demo').parent / 'tiny' / 'data'}"))
+    recipe.write_text(
+        find_recipe("tiny-demo")
+        .read_text()
+        .replace("path: tiny/model", f"path: {model}")
+        .replace("path: tiny/data", f"path: {find_recipe('tiny-demo').parent / 'tiny' / 'data'}")
+    )
     result = tmp / f"bare-{index}.json"
     script = tmp / f"bare-{index}.py"
     cpu = not shutil.which("nvidia-smi")
-    script.write_text(BARE.format(root=str(ROOT), recipe=str(recipe), warmup=WARMUP, steps=steps, log=LOG_EVERY,
-                                  out=str(tmp / f"bare-out-{index}"), cpu=cpu, backend="gloo" if cpu else "nccl",
-                                  result=str(result)))
+    script.write_text(
+        BARE.format(
+            root=str(ROOT),
+            recipe=str(recipe),
+            warmup=WARMUP,
+            steps=steps,
+            log=LOG_EVERY,
+            out=str(tmp / f"bare-out-{index}"),
+            cpu=cpu,
+            backend="gloo" if cpu else "nccl",
+            result=str(result),
+        )
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // procs)), "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
-                    str(script)], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), str(script)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     return json.loads(result.read_text())
 
 
@@ -114,12 +145,16 @@ def main() -> int:
         for i in range(args.runs):
             ftui.append(ftui_step_time(model, tmp / "runs", args.steps, args.procs))
             bare.append(bare_step_time(model, tmp, args.steps, args.procs, i))
-            print(f"run {i + 1}: ftui {ftui[-1] * 1000:7.2f} ms/step   bare torchrun {bare[-1] * 1000:7.2f} ms/step",
-                  flush=True)
+            print(
+                f"run {i + 1}: ftui {ftui[-1] * 1000:7.2f} ms/step   bare torchrun {bare[-1] * 1000:7.2f} ms/step",
+                flush=True,
+            )
     ratio = statistics.median(ftui) / statistics.median(bare)
-    print(f"median step time: ftui {statistics.median(ftui) * 1000:.2f} ms, bare {statistics.median(bare) * 1000:.2f} ms;"
-          f" ratio {ratio:.3f} (target <= 1.02) over {args.runs} alternating runs of {args.steps} steps x "
-          f"{args.procs} processes")
+    print(
+        f"median step time: ftui {statistics.median(ftui) * 1000:.2f} ms, bare {statistics.median(bare) * 1000:.2f} ms;"
+        f" ratio {ratio:.3f} (target <= 1.02) over {args.runs} alternating runs of {args.steps} steps x "
+        f"{args.procs} processes"
+    )
     return 0
 
 

@@ -36,13 +36,12 @@ class RunError(LookupError):
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so readers never see a half-written file (temp file + rename)."""
+    """Write JSON so readers never see a half-written file (temp file + rename; no fsync: the file
+    is rewritten often and a crash can at worst lose the latest update, never corrupt it)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

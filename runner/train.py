@@ -184,7 +184,6 @@ def training_arguments(recipe: Recipe, run: RunDir, has_eval: bool):
         use_cpu=cpu,
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=(recipe.tuner == "lisa") if world() > 1 else None,
         disable_tqdm=True,
     )
@@ -214,7 +213,7 @@ def _checkpointing(on: bool) -> dict[str, Any]:
 def build_trainer(recipe: Recipe, run: RunDir):
     from transformers import AutoTokenizer, Trainer, set_seed
 
-    from .train_callbacks import LisaCallback, MetricsCallback, StopCallback, trainable_summary
+    from .train_callbacks import LisaCallback, MetricsCallback, StopCallback, TokenCounter, trainable_summary
     from .train_data import build_datasets, make_collator
 
     set_seed(recipe.train.seed)
@@ -230,8 +229,11 @@ def build_trainer(recipe: Recipe, run: RunDir):
     if rank() == 0:
         print(f"ftui: {stats.summary()}; {trainable_summary(model)}", flush=True)
         run.set_status("running", phase="loaded", data=vars(stats), **trainable_summary(model))
-    callbacks = [MetricsCallback(run, recipe.train.micro_batch, world()),
-                 StopCallback(run, every=recipe.train.logging_steps)]
+    counter = TokenCounter(make_collator(tokenizer))
+    callbacks = [
+        MetricsCallback(run, recipe.train.micro_batch, world(), counter),
+        StopCallback(run, every=recipe.train.logging_steps),
+    ]
     if recipe.tuner == "lisa":
         callbacks.append(LisaCallback(model, recipe.lisa.layers, recipe.lisa.interval, recipe.train.seed))
     args = training_arguments(recipe, run, eval_ds is not None)
@@ -240,7 +242,7 @@ def build_trainer(recipe: Recipe, run: RunDir):
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=make_collator(tokenizer),
+        data_collator=counter,
         callbacks=callbacks,
         processing_class=tokenizer,
     )

@@ -24,46 +24,74 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _memory_per_rank() -> dict[str, dict[str, float]]:
-    """{rank: {allocated_gib, reserved_gib}}: each rank's peak so far, gathered from every rank."""
-    mine: dict[str, float] = {}
-    if torch.cuda.is_available():
-        mine = {
-            "allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 3),
-            "reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 3),
-        }
-    rank = dist.get_rank() if _distributed() else 0
+class TokenCounter:
+    """Wraps the data collator to count this rank's non-padding tokens with no communication
+    (HF's own counter all-reduces on every step; ranks are summed here only when metrics are logged)."""
+
+    def __init__(self, collate) -> None:
+        self.collate = collate
+        self.tokens = 0
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        self.tokens += int(batch["attention_mask"].sum())
+        return batch
+
+
+def _gather(mine: Any) -> list[Any]:
+    """Every rank's `mine`, in rank order (one collective; just [mine] in a single process)."""
     if not _distributed():
-        return {str(rank): mine} if mine else {}
+        return [mine]
     everyone: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
-    return {str(r): m for r, m in enumerate(everyone) if m}
+    return everyone
+
+
+def _local_memory() -> dict[str, float]:
+    if not torch.cuda.is_available():
+        return {}
+    return {
+        "allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 3),
+        "reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 3),
+    }
+
+
+def _memory_per_rank() -> dict[str, dict[str, float]]:
+    """{rank: {allocated_gib, reserved_gib}}: each rank's peak so far, gathered from every rank."""
+    return {str(r): m for r, m in enumerate(_gather(_local_memory())) if m}
 
 
 class MetricsCallback(TrainerCallback):
     """Appends one line per logging step to metrics.jsonl (rank 0), in ftui's metrics schema."""
 
-    def __init__(self, run: RunDir, micro_batch: int, world: int) -> None:
+    def __init__(self, run: RunDir, micro_batch: int, world: int, counter: TokenCounter) -> None:
         self.run = run
+        self.counter = counter
         self.samples_per_step = micro_batch * world
         self.t0 = self.t_last = time.time()
         self.step0 = self.step_last = 0
-        self.tokens_last = 0
-        self.latest: dict[str, Any] = {}
+        self.tokens_before = self.tokens_last = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.t0 = self.t_last = time.time()
         self.step0 = self.step_last = state.global_step
-        self.tokens_last = state.num_input_tokens_seen
+        self.tokens_before = self.tokens_last = self._resumed_tokens()
         if state.is_world_process_zero:
             self.run.set_status("running", phase="training", step=state.global_step, total_steps=state.max_steps)
 
+    def _resumed_tokens(self) -> int:
+        """Tokens trained before a resume (from the last metrics record), so the count continues."""
+        from .metrics import last_record
+
+        return int((last_record(self.run.metrics) or {}).get("tokens") or 0)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
-        mem = _memory_per_rank()  # a collective: every rank takes part
+        gathered = _gather((_local_memory(), self.counter.tokens))  # a collective: every rank takes part
         if not state.is_world_process_zero or "train_loss" in (logs or {}):
             return  # the end-of-training summary (train_loss over the run) is not a step record
-        record = self._record(state, logs or {}, mem)
-        self.latest = record
+        mem = {str(r): m for r, (m, _) in enumerate(gathered) if m}
+        tokens = self.tokens_before + sum(t for _, t in gathered)
+        record = self._record(state, logs or {}, mem, tokens)
         with open(self.run.metrics, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         self.run.set_status(
@@ -74,10 +102,9 @@ class MetricsCallback(TrainerCallback):
             eta_s=record["eta_s"],
         )
 
-    def _record(self, state, logs: dict[str, Any], mem: dict[str, Any]) -> dict[str, Any]:
+    def _record(self, state, logs: dict[str, Any], mem: dict[str, Any], tokens: int) -> dict[str, Any]:
         now, step = time.time(), state.global_step
         dt = max(now - self.t_last, 1e-9)
-        tokens = int(state.num_input_tokens_seen)
         steps_done = step - self.step_last
         rate = (step - self.step0) / max(now - self.t0, 1e-9)
         record = {
