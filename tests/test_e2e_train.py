@@ -138,25 +138,34 @@ def test_each_tuner_trains_the_tiny_model_detached(capsys, runs_dir, tuner):
     assert (trained == total) == (tuner in ("full", "lisa")), (trained, total)
 
 
-def test_the_demo_recipe_as_shipped_learns_in_well_under_a_minute(capsys, runs_dir):
+def test_the_demo_recipe_as_shipped_learns_in_well_under_a_minute_and_attach_follows_it(capsys, runs_dir):
     started = time.monotonic()
-    run = train(capsys)
-    check_finished(run, steps=80)
+    assert main(["train", DEMO, "--attach"]) == 0  # returns when the run has finished
     elapsed = time.monotonic() - started
+    out, err = capsys.readouterr()
+    assert "'loss'" in out and "is finished" in err
+    run = list_runs(runs_dir)[0]
+    check_finished(run, steps=80)
     curve = losses(run)
     assert curve[-1][1] < 0.75 * curve[0][1], curve
     assert elapsed < 60, f"the demo took {elapsed:.0f} s"
+    assert main(["runs"]) == 0
+    table = capsys.readouterr().out
+    assert run.id in table and "finished" in table and "80/80" in table
+    assert main(["logs", run.id]) == 0
+    assert "train_loss" in capsys.readouterr().out
 
 
 # --- several processes -----------------------------------------------------------------------
 
 
-def test_two_process_ddp_over_gloo(capsys, runs_dir):
-    run = train(capsys, "distributed.gpus=2", "tuner=lora", *QUICK)
-    assert run.launches()[-1]["launcher"] == "torchrun"
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_process_ddp_over_gloo(capsys, runs_dir, launcher):
+    run = train(capsys, "distributed.gpus=2", f"distributed.launcher={launcher}", "tuner=lora", *QUICK)
+    assert run.launches()[-1]["launcher"] == launcher
     check_finished(run)
-    log = run.log.read_text()
-    assert "world_size=2" in log or "WORLD_SIZE" in log or metrics(run)[0]["samples_per_s"] is not None
+    first = metrics(run)[1]  # two processes x micro-batch 16 per step
+    assert first["samples_per_s"] and first["tokens"] > 2 * 16 * first["step"]
 
 
 @pytest.mark.parametrize(("zero", "offload"), [(2, "none"), (3, "none"), (3, "optimizer")])
@@ -266,3 +275,34 @@ def test_a_run_that_crashes_is_failed_with_its_error_line(capsys, runs_dir, tmp_
     assert wait_end(run) == "failed"
     status = run.status()
     assert status["exit_code"] != 0 and status["last_error"], status
+
+
+def test_dry_run_prints_the_resolved_recipe_and_the_data_and_starts_nothing(capsys, runs_dir):
+    assert main(["train", "tiny-demo", "--dry-run", "--set", "train.micro_batch=auto"]) == 0
+    out = capsys.readouterr().out
+    assert "micro_batch: 1" in out and "device: cpu" in out and "auto" not in out.split("# data")[0]
+    assert "# data: 480 records (alpaca)" in out
+    assert not list_runs(runs_dir)
+
+
+def test_a_plan_that_does_not_fit_is_refused_unless_forced(capsys, runs_dir, monkeypatch):
+    from runner import lifecycle
+    from runner.resolve import Machine
+
+    t4 = Machine(gpu_names=("Tesla T4",), gpu_memory_mib=15360, host_ram_bytes=64 * 2**30)
+    monkeypatch.setattr(lifecycle, "detect_machine", lambda: t4)
+    big = str(find_recipe("qwen2.5-7b-lora"))
+    data = str(Path(DEMO).parent / "tiny/data/instructions.jsonl")
+    assert main(["train", big, "--set", f"dataset.path={data}", "--set", "tuner=full"]) == 2
+    err = capsys.readouterr().err
+    assert "will not fit" in err and "GiB per GPU" in err and "--force" in err
+    assert not list_runs(runs_dir)
+
+
+def test_the_shipped_recipes_are_listed_and_shown(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-demo" in out and "ftui train recipes/tiny-demo.yaml" in out
+    assert main(["recipes", "show", "tiny-demo"]) == 0
+    assert "tuner: full" in capsys.readouterr().out
+    assert main(["recipes", "show", "nope"]) == 2
