@@ -192,10 +192,15 @@ def resolve(recipe: Recipe, machine: Machine, *, gpu: str | None = None) -> RunS
         attn = (
             t.attn if t.attn != AUTO else ("flash" if spec.flash_attention and machine.flash_attn_installed else "sdpa")
         )
-    zero = d.zero if d.zero != AUTO else (2 if d.offload != "none" else 0)
+    grad_ckpt = t.grad_ckpt if t.grad_ckpt != AUTO else device == "cuda"
+    if d.zero != AUTO:
+        zero = d.zero
+    elif device == "cuda":
+        zero = _lowest_fitting_zero(recipe, arch, cluster, precision, attn, grad_ckpt, seq_len)
+    else:
+        zero = 2 if d.offload != "none" else 0
     if zero > 0 and precision == "bf16-true":
         precision = "bf16-mixed"  # DeepSpeed's bf16 keeps fp32 master weights
-    grad_ckpt = t.grad_ckpt if t.grad_ckpt != AUTO else device == "cuda"
     base = planner_setup(
         recipe,
         zero=zero,
@@ -249,6 +254,32 @@ def resolve(recipe: Recipe, machine: Machine, *, gpu: str | None = None) -> RunS
         plan,
         notes,
     )
+
+
+def _lowest_fitting_zero(
+    recipe: Recipe, arch, cluster: Cluster, precision: str, attn: str, grad_ckpt: bool, seq_len: int
+) -> int:
+    """The lowest ZeRO stage at which one sequence per GPU fits (fastest first: seed 004's order)."""
+    from planner.rules import refusals
+
+    stages = (
+        [0] if recipe.tuner == "lisa" or cluster.world == 1 and recipe.distributed.offload == "none" else [0, 1, 2, 3]
+    )
+    for zero in stages:
+        mixed = "bf16-mixed" if precision == "bf16-true" and zero else precision
+        setup = planner_setup(
+            recipe,
+            zero=zero,
+            offload=recipe.distributed.offload if zero else "none",
+            precision=mixed,
+            attn=attn,
+            micro_batch=1,
+            grad_ckpt=grad_ckpt,
+            seq_len=seq_len,
+        )
+        if not refusals(arch, setup, cluster) and fits_with_headroom(estimate(arch, setup, cluster), cluster):
+            return zero
+    return 0
 
 
 def _launcher(zero: int, world: int) -> str:

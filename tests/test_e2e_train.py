@@ -159,9 +159,10 @@ def test_the_demo_recipe_as_shipped_learns_in_well_under_a_minute_and_attach_fol
 # --- several processes -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
-def test_two_process_ddp_over_gloo(capsys, runs_dir, launcher):
-    run = train(capsys, "distributed.gpus=2", f"distributed.launcher={launcher}", "tuner=lora", *QUICK)
+@pytest.mark.parametrize(("launcher", "tuner"), [("torchrun", "lora"), ("accelerate", "lora"), ("torchrun", "lisa")])
+def test_two_process_ddp_over_gloo(capsys, runs_dir, launcher, tuner):
+    extra = ["lisa.layers=1", "lisa.interval=3"] if tuner == "lisa" else []
+    run = train(capsys, "distributed.gpus=2", f"distributed.launcher={launcher}", f"tuner={tuner}", *QUICK, *extra)
     assert run.launches()[-1]["launcher"] == launcher
     check_finished(run)
     first = metrics(run)[1]  # two processes x micro-batch 16 per step

@@ -182,3 +182,15 @@ def test_relative_recipe_paths_resolve_from_the_recipe_file(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     recipe = load_recipe(Path(find_recipe("tiny-demo")))
     assert recipe.path_of(recipe.dataset.path).is_file()
+
+
+def test_auto_zero_is_the_lowest_stage_the_planner_says_fits():
+    recipe = apply_overrides(load_recipe(find_recipe("qwen2.5-7b-full-zero3")), ["distributed.zero=auto"])
+    on_a100s = resolve(recipe, A100X8)
+    assert on_a100s.zero == 1  # 16 bytes/param do not fit unsharded; ZeRO-1's 4A + 12A/8 does
+    assert resolve(recipe.but(tuner="lora"), A100X8).zero == 0
+    forty = Machine(gpu_names=("NVIDIA A100-SXM4-40GB",) * 8, gpu_memory_mib=40960, host_ram_bytes=1024 * 2**30)
+    assert resolve(recipe, forty).zero == 2  # 2A + 14A/8 = 28.5 GB of states: ZeRO-1's 42 GB does not fit
+    two_l4 = Machine(gpu_names=("NVIDIA L4",) * 2, gpu_memory_mib=23034, host_ram_bytes=1024 * 2**30)
+    on_l4 = resolve(apply_overrides(recipe, ["distributed.gpus=2"]), two_l4)
+    assert on_l4.zero == 0 and not verdict(on_l4)[0]  # nothing fits: stage 0, and the plan refuses it
