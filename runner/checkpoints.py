@@ -57,13 +57,16 @@ def _deepspeed_missing(ckpt: Path, world: int) -> list[str]:
     return missing
 
 
-def _plain_missing(ckpt: Path, world: int) -> list[str]:
-    missing = [name for name in ("optimizer.pt", "scheduler.pt") if not (ckpt / name).is_file()]
+def _rng_missing(ckpt: Path, world: int) -> list[str]:
     if world > 1:
-        missing += [f"rng_state_{r}.pth" for r in range(world) if not (ckpt / f"rng_state_{r}.pth").is_file()]
-    elif not ((ckpt / "rng_state.pth").is_file() or (ckpt / "rng_state_0.pth").is_file()):
-        missing.append("rng_state.pth")
-    return missing
+        return [f"rng_state_{r}.pth" for r in range(world) if not (ckpt / f"rng_state_{r}.pth").is_file()]
+    if (ckpt / "rng_state.pth").is_file() or (ckpt / "rng_state_0.pth").is_file():
+        return []
+    return ["rng_state.pth"]
+
+
+def _plain_missing(ckpt: Path, world: int) -> list[str]:
+    return [name for name in ("optimizer.pt", "scheduler.pt") if not (ckpt / name).is_file()]
 
 
 def inspect_checkpoint(ckpt: Path, world: int) -> CheckpointReport:
@@ -76,6 +79,7 @@ def inspect_checkpoint(ckpt: Path, world: int) -> CheckpointReport:
         missing += _deepspeed_missing(ckpt, world)
     else:
         missing += _plain_missing(ckpt, world)
+    missing += _rng_missing(ckpt, world)
     return CheckpointReport(ckpt, step, tuple(missing))
 
 

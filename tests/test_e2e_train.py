@@ -307,3 +307,30 @@ def test_the_shipped_recipes_are_listed_and_shown(capsys):
     assert main(["recipes", "show", "tiny-demo"]) == 0
     assert "tuner: full" in capsys.readouterr().out
     assert main(["recipes", "show", "nope"]) == 2
+
+
+def test_deepspeed_stop_and_resume_keeps_every_ranks_shards(capsys, runs_dir):
+    from runner.checkpoints import inspect_checkpoint
+
+    sets = [
+        "distributed.gpus=2",
+        "distributed.zero=2",
+        "tuner=full",
+        "train.precision=fp32",
+        "train.max_steps=400",
+        "train.save_steps=1000",
+        "train.logging_steps=2",
+    ]
+    run = train(capsys, *sets)
+    wait_step(run, 4)
+    assert main(["stop", run.id]) == 0
+    assert wait_end(run) == "stopped"
+    step = run.status()["step"]
+    report = inspect_checkpoint(run.checkpoints / f"checkpoint-{step}", world=2)
+    assert report.complete, report.missing
+    assert main(["resume", run.id]) == 0
+    wait_step(run, step + 4)
+    assert main(["stop", run.id]) == 0
+    assert wait_end(run) == "stopped"
+    steps = [m["step"] for m in metrics(run) if m.get("loss") is not None]
+    assert steps == sorted(steps) and steps[-1] >= step + 4

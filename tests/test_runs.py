@@ -190,6 +190,7 @@ def deepspeed_checkpoint(root: Path, step: int, ranks: int) -> Path:
     (shards / "mp_rank_00_model_states.pt").write_text("x")
     for r in range(ranks):
         (shards / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_text("x")
+        (ckpt / f"rng_state_{r}.pth").write_text("x")
     return ckpt
 
 
@@ -199,6 +200,8 @@ def test_deepspeed_checkpoints_need_the_latest_tag_and_every_ranks_shard(tmp_pat
     assert inspect_checkpoint(ckpt, 4).missing == (
         "global_step20/ optimizer shard of rank 2",
         "global_step20/ optimizer shard of rank 3",
+        "rng_state_2.pth",
+        "rng_state_3.pth",
     )
     (ckpt / "latest").write_text("global_step99")
     assert inspect_checkpoint(ckpt, 2).missing == ("global_step99/ (named by `latest`)",)
