@@ -239,17 +239,20 @@ def _torchrun_argv(settings: RunSettings, python: str, entry: list[str]) -> list
     if settings.nodes == 1:
         argv += ["--standalone"]
     else:
-        argv += [
-            "--nnodes",
-            str(settings.nodes),
-            "--node_rank",
-            str(settings.node_rank),
-            "--master_addr",
-            settings.master_addr,
-            "--master_port",
-            str(settings.master_port),
-        ]
+        argv += ["--nnodes", str(settings.nodes), *_rendezvous(settings)]
     return argv + ["-m", ENTRY_MODULE, *entry]
+
+
+def _rendezvous(settings: RunSettings) -> list[str]:
+    """Where this node joins the job: its rank and the master's address and port."""
+    return [
+        "--node_rank",
+        str(settings.node_rank),
+        "--master_addr",
+        settings.master_addr,
+        "--master_port",
+        str(settings.master_port),
+    ]
 
 
 def _deepspeed_argv(
@@ -265,12 +268,7 @@ def _deepspeed_argv(
         "--hostfile",
         str(hostfile),
         "--no_ssh",
-        "--node_rank",
-        str(settings.node_rank),
-        "--master_addr",
-        settings.master_addr,
-        "--master_port",
-        str(settings.master_port),
+        *_rendezvous(settings),
     ]
     files: dict[str, str] = {}
     if visible and not user_hostfile:
