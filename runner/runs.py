@@ -149,7 +149,9 @@ def default_runs_dir() -> Path:
 
 
 def new_run_dir(root: Path, name: str) -> RunDir:
-    """A fresh, uniquely named run directory under `root`."""
+    """A fresh, uniquely named run directory under `root` (always an absolute path: the run's
+    processes do not share the caller's working directory)."""
+    root = root.expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -169,6 +171,7 @@ def is_run_dir(path: Path) -> bool:
 
 def list_runs(root: Path) -> list[RunDir]:
     """Runs under `root`, newest first."""
+    root = root.expanduser().resolve()
     if not root.is_dir():
         return []
     runs = [RunDir(p) for p in root.iterdir() if p.is_dir() and is_run_dir(p)]
@@ -179,7 +182,7 @@ def find_run(ref: str, roots: list[Path]) -> RunDir:
     """A run by path, id, or unique id prefix, looked up under `roots`."""
     path = Path(ref).expanduser()
     if path.is_dir() and is_run_dir(path):
-        return RunDir(path)
+        return RunDir(path.resolve())
     matches = [r for root in roots for r in list_runs(root) if r.id == ref]
     if not matches:
         matches = [r for root in roots for r in list_runs(root) if r.id.startswith(ref)]

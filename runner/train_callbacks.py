@@ -94,12 +94,13 @@ class MetricsCallback(TrainerCallback):
         record = self._record(state, logs or {}, mem, tokens)
         with open(self.run.metrics, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        latest = {k: record[k] for k in ("loss", "eval_loss") if record[k] is not None}  # keep the last of each
         self.run.set_status(
             self.run.status().get("state", "running"),
             step=state.global_step,
             total_steps=state.max_steps,
-            loss=record.get("loss"),
             eta_s=record["eta_s"],
+            **latest,
         )
 
     def _record(self, state, logs: dict[str, Any], mem: dict[str, Any], tokens: int) -> dict[str, Any]:

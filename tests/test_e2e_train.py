@@ -334,3 +334,11 @@ def test_deepspeed_stop_and_resume_keeps_every_ranks_shards(capsys, runs_dir):
     assert wait_end(run) == "stopped"
     steps = [m["step"] for m in metrics(run) if m.get("loss") is not None]
     assert steps == sorted(steps) and steps[-1] >= step + 4
+
+
+def test_a_relative_runs_directory_works_from_any_working_directory(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FTUI_RUNS_DIR", raising=False)
+    assert main(["train", "recipes/tiny-demo.yaml", "--set", "train.max_steps=4", "--attach"]) == 0
+    runs = list_runs(Path("runs"))
+    assert len(runs) == 1 and runs[0].path.is_absolute() and runs[0].status()["state"] == "finished"
