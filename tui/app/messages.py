@@ -1,0 +1,36 @@
+"""Messages workers post to the app (workers never touch widgets)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from textual.message import Message
+
+from runner.nvml import GpuSnapshot
+
+
+class GpusUpdated(Message):
+    """A new GPU snapshot (or why there is none)."""
+
+    def __init__(self, gpus: list[GpuSnapshot], error: str = "") -> None:
+        super().__init__()
+        self.gpus = gpus
+        self.error = error
+
+    def can_replace(self, message: Message) -> bool:  # only the newest snapshot matters
+        return isinstance(message, GpusUpdated)
+
+
+@dataclass
+class RunData:
+    records: list[dict[str, Any]]
+    log_lines: list[str]
+
+
+class OpenRun(Message):
+    """Ask the app to open the monitor on a run."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
