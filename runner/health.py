@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from dataclasses import dataclass
@@ -36,8 +37,14 @@ def loss_flags(records: Sequence[dict[str, Any]]) -> list[Flag]:
         return [Flag("nan", "error", f"loss is {losses[-1]} at step {records[-1].get('step')}: training diverged")]
     recent = [x for x in losses[-21:-1] if _finite(x)]
     if len(recent) >= 5 and losses[-1] > SPIKE * statistics.median(recent):
-        return [Flag("spike", "warning", f"loss spiked to {losses[-1]:.3f} (recent median "
-                                         f"{statistics.median(recent):.3f}); lower the learning rate if it repeats")]
+        return [
+            Flag(
+                "spike",
+                "warning",
+                f"loss spiked to {losses[-1]:.3f} (recent median "
+                f"{statistics.median(recent):.3f}); lower the learning rate if it repeats",
+            )
+        ]
     return []
 
 
@@ -49,31 +56,46 @@ def overfit_flags(records: Sequence[dict[str, Any]]) -> list[Flag]:
     rising = evals[-3] < evals[-2] < evals[-1]
     falling = statistics.mean(train[-5:]) < statistics.mean(train[-10:-5])
     if rising and falling:
-        return [Flag("overfit", "warning", f"eval loss rising ({evals[-3]:.3f} → {evals[-1]:.3f}) while train loss "
-                                           "falls: over-fitting; stop at the best checkpoint or add data")]
+        return [
+            Flag(
+                "overfit",
+                "warning",
+                f"eval loss rising ({evals[-3]:.3f} → {evals[-1]:.3f}) while train loss "
+                "falls: over-fitting; stop at the best checkpoint or add data",
+            )
+        ]
     return []
 
 
-def stall_flags(records: Sequence[dict[str, Any]], now: float, running: bool,
-                gpu_util: float | None) -> list[Flag]:
+def stall_flags(records: Sequence[dict[str, Any]], now: float, running: bool, gpu_util: float | None) -> list[Flag]:
     if not running or not records:
         return []
     times = [r["time"] for r in records if r.get("time")]
     steps = [r["step"] for r in records if r.get("time")]
     if not times:
         return []
-    per_step = [(t2 - t1) / max(1, s2 - s1) for (t1, s1), (t2, s2) in zip(zip(times, steps), zip(times[1:], steps[1:]))
-                if s2 > s1]
+    points = list(zip(times, steps, strict=True))
+    per_step = [(t2 - t1) / (s2 - s1) for (t1, s1), (t2, s2) in itertools.pairwise(points) if s2 > s1]
     typical = statistics.median(per_step) if per_step else 0.0
     waited = now - times[-1]
     if waited < max(STALL_MIN_S, STALL_STEPS * typical):
         return []
     minutes = waited / 60
     if gpu_util is not None and gpu_util < 10:
-        return [Flag("stall", "error", f"no new step for {minutes:.0f} min and the GPUs are idle: probably hung "
-                                       "(ftui stop, then resume)")]
-    return [Flag("stall", "warning", f"no new step for {minutes:.0f} min while the GPUs are busy: "
-                                     "still loading, evaluating or saving?")]
+        return [
+            Flag(
+                "stall",
+                "error",
+                f"no new step for {minutes:.0f} min and the GPUs are idle: probably hung (ftui stop, then resume)",
+            )
+        ]
+    return [
+        Flag(
+            "stall",
+            "warning",
+            f"no new step for {minutes:.0f} min while the GPUs are busy: still loading, evaluating or saving?",
+        )
+    ]
 
 
 def memory_flags(records: Sequence[dict[str, Any]], planned_gib: float | None) -> list[Flag]:
@@ -84,13 +106,29 @@ def memory_flags(records: Sequence[dict[str, Any]], planned_gib: float | None) -
     for rank, m in sorted(mem.items(), key=lambda kv: int(kv[0])):
         used = m.get("reserved_gib")
         if used and used > OVER_PLAN * planned_gib:
-            out.append(Flag("memory", "warning", f"rank {rank} has {used:.1f} GiB reserved, "
-                                                 f"{used / planned_gib - 1:.0%} above the plan ({planned_gib:.1f} GiB)"))
+            out.append(
+                Flag(
+                    "memory",
+                    "warning",
+                    f"rank {rank} has {used:.1f} GiB reserved, "
+                    f"{used / planned_gib - 1:.0%} above the plan ({planned_gib:.1f} GiB)",
+                )
+            )
     return out[:1] + ([Flag("memory", "warning", f"… and {len(out) - 1} more ranks")] if len(out) > 1 else [])
 
 
-def assess(records: Sequence[dict[str, Any]], *, now: float, running: bool, gpu_util: float | None = None,
-           planned_gib: float | None = None) -> list[Flag]:
+def assess(
+    records: Sequence[dict[str, Any]],
+    *,
+    now: float,
+    running: bool,
+    gpu_util: float | None = None,
+    planned_gib: float | None = None,
+) -> list[Flag]:
     """Every warning that applies to a run now."""
-    return (loss_flags(records) + overfit_flags(records) + stall_flags(records, now, running, gpu_util)
-            + memory_flags(records, planned_gib))
+    return (
+        loss_flags(records)
+        + overfit_flags(records)
+        + stall_flags(records, now, running, gpu_util)
+        + memory_flags(records, planned_gib)
+    )

@@ -7,19 +7,21 @@ an injected clock, which is how tests and `ftui --demo` run without a GPU.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 from .metrics import MetricsTail, last_record
 from .nvml import GpuSnapshot, NoGpu, NvmlReader
-from .runs import ACTIVE, RunDir, list_runs, request_stop
+from .runs import ACTIVE, RunDir, is_run_dir, list_runs, request_stop
 
 Clock = Callable[[], float]
+OWNER_CACHE_S = 5.0
+"""How long the map of process groups to runs is reused (the GPU pane asks every second)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class RunSource(Protocol):
     def owner(self, pid: int) -> tuple[str, int | None] | None:
         """(run id, rank) of a process that belongs to one of our runs."""
 
+    def adopt(self, run_dir: Path) -> str:
+        """Make a run started outside the usual place visible; returns its id."""
+
 
 class RunTail(Protocol):
     def new_records(self) -> list[dict[str, Any]]:
@@ -91,32 +96,31 @@ class NvmlGpuSource:
 
 
 class FileLogTail:
-    """New lines of a growing text file (a partial last line waits for its newline)."""
+    """New lines of a growing text file. The first read starts near the end (whole lines only); a
+    partial last line, or a character split between writes, waits for the rest."""
 
     def __init__(self, path: Path, last: int = 200) -> None:
         self.path = path
-        self.offset = 0
-        self.pending = ""
-        self.first = True
+        self.offset: int | None = None
+        self.pending = b""
         self.last = last
 
     def read(self) -> list[str]:
         try:
             with open(self.path, "rb") as fh:
-                if self.first:  # start with the file's end, not all of it
-                    fh.seek(0, 2)
-                    size = fh.tell()
-                    fh.seek(max(0, size - 64 * 1024))
-                    self.offset = fh.tell()
-                    self.first = False
+                if self.offset is None:
+                    size = fh.seek(0, os.SEEK_END)
+                    self.offset = max(0, size - 64 * 1024)
+                    if self.offset:  # skip the line the window starts inside
+                        fh.seek(self.offset - 1)
+                        self.offset += len(fh.readline()) - 1
                 fh.seek(self.offset)
                 data = fh.read()
         except OSError:
             return []
         self.offset += len(data)
-        text = self.pending + data.decode("utf-8", errors="replace")
-        *lines, self.pending = text.split("\n")
-        return lines[-self.last :]
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        return [line.decode("utf-8", errors="replace") for line in lines[-self.last :]]
 
 
 class DirRunTail:
@@ -142,76 +146,163 @@ def run_info(run: RunDir) -> RunInfo:
         pass
     loss = last.get("loss") if last.get("loss") is not None else status.get("loss")
     pids = tuple(int(entry["pid"]) for entry in launches[-1:] if entry.get("pid"))
-    return RunInfo(run.id, run.path, run.effective_state(), "ftui", last.get("step", status.get("step")),
-                   last.get("total_steps", status.get("total_steps")), loss, last.get("eta_s"),
-                   launches[0].get("created") if launches else None, status.get("last_error") or "", planned, pids)
+    return RunInfo(
+        run.id,
+        run.path,
+        run.effective_state(),
+        "ftui",
+        last.get("step", status.get("step")),
+        last.get("total_steps", status.get("total_steps")),
+        loss,
+        last.get("eta_s"),
+        launches[0].get("created") if launches else None,
+        status.get("last_error") or "",
+        planned,
+        pids,
+    )
+
+
+FOREIGN_SCAN_S = 10.0
+"""DirRunSource looks for new foreign runs under its watched directories at most this often."""
 
 
 @dataclass
 class DirRunSource:
-    """Runs under a directory (ftui's own; foreign runs come from runner.foreign)."""
+    """Runs under a directory (ftui's own), plus the runs of other tools found under `watch` (runner.foreign)."""
 
     root: Path
     extra: Iterable[Callable[[], list[RunInfo]]] = field(default_factory=tuple)
+    watch: tuple[Path, ...] = ()
+    roots: list[Path] = field(default_factory=list)
+    """More directories of our runs (output dirs chosen when launching from the app)."""
+    _group_map: dict[int, str] = field(default_factory=dict, init=False, repr=False)
+    _groups_at: float | None = field(default=None, init=False, repr=False)
+    _foreign: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    """runner.foreign.ForeignRun by id, from the latest scan."""
+    _scanned_at: float | None = field(default=None, init=False, repr=False)
 
     def _dirs(self) -> dict[str, RunDir]:
-        return {r.id: r for r in list_runs(self.root)}
+        return {r.id: r for root in (self.root, *self.roots) for r in list_runs(root)}
+
+    def _dir(self, run_id: str) -> RunDir:
+        """One of our runs by id (a direct look first: the monitor asks twice a second)."""
+        for root in (self.root, *self.roots):
+            path = root / run_id
+            if is_run_dir(path):
+                return RunDir(path)
+        return self._dirs()[run_id]
+
+    def adopt(self, run_dir: Path) -> str:
+        """A run started elsewhere than `root` (another output dir): list it from now on."""
+        parent = run_dir.resolve().parent
+        if parent != self.root.resolve() and parent not in self.roots:
+            self.roots.append(parent)
+        return run_dir.name
+
+    def _foreign_runs(self) -> dict[str, Any]:
+        """Foreign runs under `watch` by id; the directories are scanned again at most every FOREIGN_SCAN_S."""
+        from . import foreign
+
+        now = time.monotonic()
+        if self.watch and (self._scanned_at is None or now - self._scanned_at >= FOREIGN_SCAN_S):
+            self._foreign = {run.id: run for run in foreign.scan(self.watch)}
+            self._scanned_at = now
+        return self._foreign
+
+    def _refuse_foreign(self, run_id: str, action: str) -> None:
+        """RunError for a run ftui did not launch: ftui knows neither its process nor a way to ask it to stop."""
+        run = self._foreign_runs().get(run_id)
+        if run is not None:
+            from .runs import RunError
+
+            raise RunError(
+                f"cannot {action} {run_id}: ftui did not launch it (a {run.tool} run in {run.path}) and "
+                f"does not know its process; {action} it with the tool that started it"
+            )
 
     def runs(self) -> list[RunInfo]:
+        from . import foreign
+
         infos = [run_info(r) for r in self._dirs().values()]
+        now = time.time()
+        infos += [foreign.info(run, now) for run in self._foreign_runs().values()]
         for source in self.extra:
             infos += source()
         return infos
 
     def info(self, run_id: str) -> RunInfo:
-        return run_info(self._dirs()[run_id])
+        from . import foreign
+
+        run = self._foreign_runs().get(run_id)
+        return foreign.info(run, time.time()) if run is not None else run_info(self._dir(run_id))
 
     def tail(self, run_id: str) -> RunTail:
-        return DirRunTail(self._dirs()[run_id])
+        from . import foreign
+
+        run = self._foreign_runs().get(run_id)
+        return foreign.ForeignTail(run) if run is not None else DirRunTail(self._dir(run_id))
 
     def stop(self, run_id: str) -> str:
-        return request_stop(self._dirs()[run_id])
+        self._refuse_foreign(run_id, "stop")
+        return request_stop(self._dir(run_id))
 
     def resume(self, run_id: str) -> None:
         from .lifecycle import resume_run
 
-        resume_run(self._dirs()[run_id])
+        self._refuse_foreign(run_id, "resume")
+        resume_run(self._dir(run_id))
 
     def owner(self, pid: int) -> tuple[str, int | None] | None:
         group = process_group(pid)
-        if group is None:
-            return None
-        for run in self._dirs().values():
-            launches = run.launches()
-            if launches and launches[-1].get("pgid") == group:
-                return run.id, process_rank(pid)
-        return None
+        run_id = self._groups().get(group) if group is not None else None
+        return (run_id, process_rank(pid)) if run_id is not None else None
+
+    def _groups(self) -> dict[int, str]:
+        """Process group of each run's latest launch -> run id (re-read at most every OWNER_CACHE_S)."""
+        now = time.monotonic()
+        if self._groups_at is None or now - self._groups_at >= OWNER_CACHE_S:
+            groups = {}
+            for run in self._dirs().values():
+                launches = run.launches()
+                if launches and launches[-1].get("pgid"):
+                    groups[int(launches[-1]["pgid"])] = run.id
+            self._group_map, self._groups_at = groups, now
+        return self._group_map
 
 
 # --- replay --------------------------------------------------------------------------------
 
 
 class ReplayTail:
-    """Serves a recorded run's metrics and log as if they were being written now."""
+    """Serves a recorded run's metrics and log as if they were being written now.
 
-    def __init__(self, records: list[dict[str, Any]], log: list[str], clock: Clock, start: float,
-                 speed: float) -> None:
+    Log lines come out in proportion to the recorded time elapsed, so the log keeps pace.
+    """
+
+    def __init__(self, records: list[dict[str, Any]], log: list[str], clock: Clock, start: float, speed: float) -> None:
         t0 = records[0]["time"] if records else 0.0
-        self.pending = deque((start + (r["time"] - t0) / speed, r) for r in records)
-        self.log = deque(log)
+        self.due = [start + (r["time"] - t0) / speed for r in records]
+        self.records = records
+        self.next = 0
+        self.log = log
+        self.log_shown = 0
         self.clock = clock
-        self.per_record = max(1, len(log) // max(1, len(records)))
+
+    def _released(self) -> int:
+        return bisect.bisect_right(self.due, self.clock())
 
     def new_records(self) -> list[dict[str, Any]]:
-        now, out = self.clock(), []
-        while self.pending and self.pending[0][0] <= now:
-            out.append(self.pending.popleft()[1])
-        self._released = len(out)
+        upto = self._released()
+        out = self.records[self.next : upto]
+        self.next = max(self.next, upto)
         return out
 
     def new_log_lines(self) -> list[str]:
-        count = getattr(self, "_released", 0) * self.per_record
-        return [self.log.popleft() for _ in range(min(count, len(self.log)))]
+        released, total = self._released(), len(self.records)
+        upto = len(self.log) if released >= total else len(self.log) * released // max(1, total)
+        lines = self.log[self.log_shown : upto]
+        self.log_shown = max(self.log_shown, upto)
+        return lines
 
 
 class ReplayRunSource:
@@ -248,8 +339,19 @@ class ReplayRunSource:
         if plan.exists():
             planned = json.loads(plan.read_text()).get("per_gpu", {}).get("peak_reserved_gib")
         losses = [r["loss"] for r in shown if r.get("loss") is not None]
-        return RunInfo(self.run_id, self.recording, state, "ftui", last.get("step"), last.get("total_steps"),
-                       losses[-1] if losses else None, last.get("eta_s"), self.start, "", planned)
+        return RunInfo(
+            self.run_id,
+            self.recording,
+            state,
+            "ftui",
+            last.get("step"),
+            last.get("total_steps"),
+            losses[-1] if losses else None,
+            last.get("eta_s"),
+            self.start,
+            "",
+            planned,
+        )
 
     def tail(self, run_id: str) -> RunTail:
         return ReplayTail(self.records, self.log, self.clock, self.start, self.speed)
@@ -260,6 +362,9 @@ class ReplayRunSource:
 
     def resume(self, run_id: str) -> None:
         self.stopped = False
+
+    def adopt(self, run_dir: Path) -> str:
+        return run_dir.name
 
     def owner(self, pid: int) -> tuple[str, int | None] | None:
         """The recording plays on the fake 8xH100 scenario, whose ranks have pids 4100 + rank."""

@@ -337,10 +337,11 @@ def test_reader_turns_missing_driver_into_no_gpu():
         NvmlReader(FakeNvml("none")).snapshot()
 
 
-def test_ftui_without_subcommand_prints_help(capsys):
-    code, out, _ = ftui(capsys)
+def test_help_lists_every_command_and_the_app_options(capsys):
+    code, out, _ = ftui(capsys, "--help")
     assert code == 0
-    assert "plan" in out and "gpus" in out
+    for word in ("plan", "gpus", "train", "runs", "monitor", "logs", "stop", "resume", "--demo", "--watch"):
+        assert word in out
 
 
 # --- a fresh process ---------------------------------------------------------------------

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Sequence
 
-from . import gpus_cmd, logs_cmd, plan_cmd, recipes_cmd, resume_cmd, runs_cmd, stop_cmd, train_cmd
+from . import app_cmd, gpus_cmd, logs_cmd, plan_cmd, recipes_cmd, resume_cmd, runs_cmd, stop_cmd, train_cmd
 from .errors import CliError
 
 
@@ -16,7 +16,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ftui: error: {message}\n(see `{self.prog} --help`)\n")
 
 
-COMMANDS = (plan_cmd, gpus_cmd, train_cmd, runs_cmd, logs_cmd, stop_cmd, resume_cmd, recipes_cmd)
+COMMANDS = (plan_cmd, gpus_cmd, train_cmd, runs_cmd, app_cmd, logs_cmd, stop_cmd, resume_cmd, recipes_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune large language models from the terminal: plan memory, "
         "run detached training, watch it live.",
     )
+    app_cmd.add_app_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in COMMANDS:
         module.add_parser(sub)
@@ -34,10 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
     try:
+        if args.command is None:
+            return app_cmd.run_app(args)
         return args.run(args)
     except CliError as err:
         print(f"ftui: error: {err}", file=sys.stderr)

@@ -124,7 +124,7 @@ def alternatives_table(alts: Iterable[Alternative]):
         ("why not", "left"),
     ):
         t.add_column(col, justify=just)
-    for group in _merge_refusals(list(alts)):
+    for group in merge_refusals(list(alts)):
         a, c = group[0], group[0].candidate
         stages = str(a.zero) if len(group) == 1 else f"{group[0].zero}-{group[-1].zero}"
         t.add_row(
@@ -138,7 +138,7 @@ def alternatives_table(alts: Iterable[Alternative]):
     return t
 
 
-def _merge_refusals(alts: list[Alternative]) -> list[list[Alternative]]:
+def merge_refusals(alts: list[Alternative]) -> list[list[Alternative]]:
     """Consecutive ZeRO stages of one tuner refused for the same reason share a row."""
     groups: list[list[Alternative]] = []
     for a in alts:

@@ -17,18 +17,18 @@ from textual.widgets import Footer, TabbedContent, TabPane
 from runner.sources import GpuSource, RunSource
 
 from .gpus import GpuPane
-from .messages import OpenRun
+from .launch import Launcher, LaunchScreen
+from .messages import GpusUpdated, OpenRun
 from .monitor import MonitorScreen
+from .plan_form import Detected
 from .planner_tab import PlannerTab
 from .runs_tab import RunsTab
-
-Launcher = Callable[[Path], str]
-"""Starts a run from a recipe file and returns its run id (runner.lifecycle by default)."""
 
 
 class FtuiApp(App):
     CSS_PATH = "ftui.tcss"
     TITLE = "ftui"
+    ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
         Binding("g", "show_tab('gpus')", "GPUs"),
         Binding("p", "show_tab('planner')", "planner"),
@@ -36,60 +36,100 @@ class FtuiApp(App):
         Binding("q", "quit", "quit"),
     ]
 
-    def __init__(self, gpus: GpuSource, runs: RunSource, *, clock: Callable[[], float] = time.time,
-                 open_run: str | None = None, launcher: Launcher | None = None, initial_tab: str = "gpus") -> None:
+    def __init__(
+        self,
+        gpus: GpuSource,
+        runs: RunSource,
+        *,
+        clock: Callable[[], float] = time.time,
+        open_run: str | None = None,
+        launcher: Launcher | None = None,
+        runs_root: Path | None = None,
+        host_ram: Callable[[], int | None] = lambda: None,
+        initial_tab: str = "gpus",
+    ) -> None:
         super().__init__()
         self.gpu_source = gpus
         self.run_source = runs
         self.clock = clock
         self.open_run = open_run
         self.launcher = launcher
+        self.runs_root = runs_root or Path.cwd() / "runs"
+        self.host_ram = host_ram
         self.initial_tab = initial_tab
+        self.gpu_pane = GpuPane(gpus, owner=runs.owner, id="gpu-pane")
+        self.planner = PlannerTab(id="planner-tab")
 
     def compose(self) -> ComposeResult:
         with TabbedContent(initial=self.initial_tab):
-            with TabPane("GPUs [g]", id="gpus"):
-                yield GpuPane(self.gpu_source, owner=self.owner_label, id="gpu-pane")
-            with TabPane("Planner [p]", id="planner"):
-                yield PlannerTab(launcher=self.launcher, gpus=self.gpu_source, id="planner-tab")
-            with TabPane("Runs [r]", id="runs"):
+            with TabPane("GPUs (g)", id="gpus"):
+                yield self.gpu_pane
+            with TabPane("Planner (p)", id="planner"):
+                yield self.planner
+            with TabPane("Runs (r)", id="runs"):
                 yield RunsTab(self.run_source, id="runs-tab")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.focus_tab(self.initial_tab)
         if self.open_run:
             self.show_run(self.open_run)
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        self.focus_tab(tab)
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.focus_tab(event.pane.id or "")
+
+    def focus_tab(self, tab: str) -> None:
+        """Keys go where the tab's work is: the model field, the runs table, the GPU table."""
+        target = {"planner": "#f-model", "runs": "#runs-table", "gpus": "#gpu-table"}.get(tab)
+        if target:  # after the refresh that shows the tab: hidden widgets cannot take focus
+            self.call_after_refresh(self.query_one(target).focus)
+
+    def on_gpus_updated(self, message: GpusUpdated) -> None:
+        """The planner plans for the GPUs found here, or asks for a type when there are none."""
+        gpus = message.gpus
+        detected = Detected(gpus[0].name, gpus[0].memory_total_mib, len(gpus), self.host_ram()) if gpus else None
+        self.planner.set_detected(detected)
+
+    def on_planner_tab_launch(self, message: PlannerTab.Launch) -> None:
+        def launched(run_dir: Path | None) -> None:
+            if run_dir is not None:
+                run_id = self.run_source.adopt(run_dir)
+                self.notify(f"started {run_id}")
+                self.show_run(run_id)
+
+        self.push_screen(LaunchScreen(message.outcome, message.typed_model, self.runs_root, self.launcher), launched)
 
     def on_open_run(self, message: OpenRun) -> None:
         self.show_run(message.run_id)
 
     def show_run(self, run_id: str) -> None:
-        self.push_screen(MonitorScreen(self.run_source, run_id, gpu_util=self.gpu_util,
-                                       gpu_used=lambda: self.gpu_used(run_id)))
+        try:
+            screen = MonitorScreen(
+                self.run_source, run_id, gpu_util=self.gpu_util, gpu_used=lambda: self.gpu_used(run_id)
+            )
+        except (KeyError, LookupError):
+            self.notify(f"no run {run_id!r} here", severity="error")
+            return
+        self.push_screen(screen)
 
     # --- what the GPU pane knows, for the monitor --------------------------------------------
 
-    def owner_label(self, pid: int) -> str | None:
-        owner = self.run_source.owner(pid)
-        if owner is None:
-            return None
-        run_id, rank = owner
-        return f"{run_id}" + (f" r{rank}" if rank is not None else "")
-
     def gpu_util(self) -> float | None:
-        gpus = self.query_one(GpuPane).gpus
+        gpus = self.gpu_pane.gpus
         utils = [g.utilization for g in gpus if g.utilization is not None]
         return sum(utils) / len(utils) if utils else None
 
     def gpu_used(self, run_id: str) -> dict[str, float]:
         """NVML memory of the run's processes, by rank."""
         out: dict[str, float] = {}
-        for g in self.query_one(GpuPane).gpus:
+        pane = self.gpu_pane
+        for g in pane.gpus:
             for p in g.processes:
-                owner = self.run_source.owner(p.pid)
+                owner = pane.owners.get(p.pid)
                 if owner and owner[0] == run_id and owner[1] is not None and p.used_bytes is not None:
                     out[str(owner[1])] = p.used_bytes / 2**30
         return out

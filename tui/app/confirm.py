@@ -10,8 +10,11 @@ from textual.widgets import Button, Static
 
 
 class Confirm(ModalScreen[bool]):
-    BINDINGS = [Binding("y", "answer(True)", "yes"), Binding("n", "answer(False)", "no"),
-                Binding("escape", "answer(False)", "cancel")]
+    BINDINGS = [
+        Binding("y", "answer(True)", "yes"),
+        Binding("n", "answer(False)", "no"),
+        Binding("escape", "answer(False)", "cancel"),
+    ]
 
     def __init__(self, question: str) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ from runner.sources import GpuSource
 from .messages import GpusUpdated
 
 GIB = 2**30
+Owner = tuple[str, "int | None"]
 POLL_S = 1.0
 
 
@@ -25,8 +26,9 @@ def memory_bar(used: int | None, total: int, width: int = 10) -> Text:
     share = min(1.0, used / total) if total else 0.0
     filled = round(share * width)
     colour = "green" if share < 0.7 else "yellow" if share < 0.9 else "red"
-    return Text.assemble(("█" * filled, colour), ("░" * (width - filled), "grey35"),
-                         f" {used / GIB:.1f}/{total / GIB:.0f}")
+    return Text.assemble(
+        ("█" * filled, colour), ("░" * (width - filled), "grey35"), f" {used / GIB:.1f}/{total / GIB:.0f}"
+    )
 
 
 def _value(value, fmt: str) -> str:
@@ -38,12 +40,13 @@ class GpuPane(Vertical):
 
     DEFAULT_CSS = ""
 
-    def __init__(self, source: GpuSource, owner: Callable[[int], str | None] = lambda pid: None,
-                 **kwargs) -> None:
+    def __init__(self, source: GpuSource, owner: Callable[[int], Owner | None] = lambda pid: None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.source = source
         self.owner = owner
         self.gpus: list[GpuSnapshot] = []
+        self.owners: dict[int, Owner] = {}
+        """pid -> (run id, rank) for the processes of our runs, from the last poll."""
         self.error = ""
 
     def compose(self) -> ComposeResult:
@@ -64,10 +67,14 @@ class GpuPane(Vertical):
             gpus, error = self.source.snapshot(), ""
         except NoGpu as err:
             gpus, error = [], str(err)
-        self.post_message(GpusUpdated(gpus, error))
+        owners = {}
+        for p in {p.pid for g in gpus for p in g.processes}:
+            if (owner := self.owner(p)) is not None:
+                owners[p] = owner
+        self.post_message(GpusUpdated(gpus, error, owners))
 
     def on_gpus_updated(self, message: GpusUpdated) -> None:
-        self.gpus, self.error = message.gpus, message.error
+        self.gpus, self.error, self.owners = message.gpus, message.error, message.owners
         note = self.query_one("#gpu-message", Static)
         table = self.query_one("#gpu-table", DataTable)
         if message.error:
@@ -83,14 +90,22 @@ class GpuPane(Vertical):
             return
         for i, row in enumerate(rows):
             for col, value in enumerate(row):
-                table.update_cell_at((i, col), value)
+                table.update_cell_at((i, col), value, update_width=True)
 
     def _row(self, g: GpuSnapshot) -> tuple:
         power = "n/a" if g.power_w is None else f"{g.power_w:.0f}/{_value(g.power_limit_w, '{:.0f}')}W"
         procs = []
         for p in g.processes:
-            owner = self.owner(p.pid)
+            owner = self.owners.get(p.pid)
             mem = "" if p.used_bytes is None else f" {p.used_bytes / GIB:.1f}G"
-            procs.append(f"{p.pid}{mem}" + (f" [{owner}]" if owner else ""))
-        return (str(g.index), g.name.replace("NVIDIA ", ""), memory_bar(g.memory_used, g.memory_total),
-                _value(g.utilization, "{}%"), _value(g.temperature, "{}°C"), power, ", ".join(procs) or "-")
+            label = "" if owner is None else (f" r{owner[1]}" if owner[1] is not None else "") + f" {owner[0]}"
+            procs.append(f"{p.pid}{mem}{label}")
+        return (
+            str(g.index),
+            g.name.replace("NVIDIA ", ""),
+            memory_bar(g.memory_used, g.memory_total),
+            _value(g.utilization, "{}%"),
+            _value(g.temperature, "{}°C"),
+            power,
+            ", ".join(procs) or "-",
+        )

@@ -13,10 +13,14 @@ from runner.nvml import GpuSnapshot
 class GpusUpdated(Message):
     """A new GPU snapshot (or why there is none)."""
 
-    def __init__(self, gpus: list[GpuSnapshot], error: str = "") -> None:
+    def __init__(
+        self, gpus: list[GpuSnapshot], error: str = "", owners: dict[int, tuple[str, int | None]] | None = None
+    ) -> None:
         super().__init__()
         self.gpus = gpus
         self.error = error
+        self.owners = owners or {}
+        """pid -> (run id, rank) of the processes that belong to our runs."""
 
     def can_replace(self, message: Message) -> bool:  # only the newest snapshot matters
         return isinstance(message, GpusUpdated)

@@ -25,7 +25,7 @@ CHART_S = 1.0
 """The chart redraws at most this often (the numbers update every poll)."""
 
 
-def _fmt_eta(seconds: Any) -> str:
+def fmt_eta(seconds: Any) -> str:
     if not isinstance(seconds, (int, float)) or seconds < 0:
         return "-"
     seconds = int(seconds)
@@ -111,46 +111,52 @@ class MonitorScreen(Screen):
         info, last = self.info, (self.records[-1] if self.records else {})
         state = info.state if info else "?"
         step, total = last.get("step"), last.get("total_steps")
-        header = Text.assemble((f" {self.run_id} ", "bold"), (f" {state} ", _state_style(state)),
-                               f"  step {step if step is not None else '-'}/{total or '-'}",
-                               f"  ETA {_fmt_eta(last.get('eta_s')) if state == 'running' else '-'}",
-                               f"  elapsed {_fmt_eta(last.get('elapsed_s'))}")
+        header = Text.assemble(
+            (f" {self.run_id} ", "bold"),
+            (f" {state} ", state_style(state)),
+            f"  step {step if step is not None else '-'}/{total or '-'}",
+            f"  ETA {fmt_eta(last.get('eta_s')) if state == 'running' else '-'}",
+            f"  elapsed {fmt_eta(last.get('elapsed_s'))}",
+        )
         self.query_one("#mon-header", Static).update(header)
         bar = self.query_one(ProgressBar)
         if total:
             bar.update(total=total, progress=step or 0)
-        stats = (f"loss      {_num(self.losses[-1] if self.losses else None, '{:.4f}')}\n"
-                 f"eval loss {_num(self.eval_losses[-1] if self.eval_losses else None, '{:.4f}')}\n"
-                 f"lr        {_num(last.get('lr'), '{:.2e}')}\n"
-                 f"grad norm {_num(last.get('grad_norm'), '{:.3f}')}\n"
-                 f"tokens/s  {_num(_latest(self.records, 'tokens_per_s'), '{:,.0f}')}\n"
-                 f"samples/s {_num(_latest(self.records, 'samples_per_s'), '{:,.2f}')}\n"
-                 f"tokens    {_num(last.get('tokens'), '{:,}')}")
+        stats = Text.assemble(
+            "loss ",
+            (_num(self.losses[-1] if self.losses else None, "{:.4f}"), "bold"),
+            "  eval ",
+            (_num(self.eval_losses[-1] if self.eval_losses else None, "{:.4f}"), "bold"),
+            f"\nlr {_num(last.get('lr'), '{:.2e}')}  gnorm {_num(last.get('grad_norm'), '{:.3f}')}",
+            f"\ntok/s {_num(_latest(self.records, 'tokens_per_s'), '{:,.0f}')}"
+            f"  smp/s {_num(_latest(self.records, 'samples_per_s'), '{:,.2f}')}",
+            f"\ntokens {_num(last.get('tokens'), '{:,}')}",
+        )
         self.query_one("#mon-stats", Static).update(stats)
         self.query_one("#mon-memory", Static).update(self.memory_text())
-        flags = assess(self.records, now=self.app.clock(), running=state == "running", gpu_util=self.gpu_util(),
-                       planned_gib=info.planned_peak_gib if info else None)
+        flags = assess(
+            self.records,
+            now=self.app.clock(),
+            running=state == "running",
+            gpu_util=self.gpu_util(),
+            planned_gib=info.planned_peak_gib if info else None,
+        )
         text = Text()
         for flag in flags:
             text.append(f" ⚠ {flag.text}\n", style="bold red" if flag.level == "error" else "yellow")
         self.query_one("#mon-flags", Static).update(text)
 
     def memory_text(self) -> Text:
+        """One line per rank: reserved memory as a bar with the planned peak marked (│)."""
         mem = next((r["mem"] for r in reversed(self.records) if r.get("mem")), {})
         planned = self.info.planned_peak_gib if self.info else None
         used = self.gpu_used()
-        text = Text("memory per rank (GiB)\n", style="bold")
-        if not mem:
-            text.append("no CUDA memory reported (CPU run)\n" if not used else "")
-        for rank, m in sorted(mem.items(), key=lambda kv: int(kv[0])):
-            reserved, allocated = m.get("reserved_gib", 0.0), m.get("allocated_gib", 0.0)
-            over = planned and reserved > 1.1 * planned
-            text.append(f"r{rank} {allocated:5.1f} / {reserved:5.1f}", style="red" if over else "")
-            if rank in used:
-                text.append(f"  nvml {used[rank]:.1f}")
-            text.append("\n")
-        if planned:
-            text.append(f"plan: {planned:.1f} reserved", style="cyan")
+        text = Text("VRAM GiB", style="bold")
+        text.append(f"  │ plan {planned:.1f}\n" if planned else "\n", style="cyan")
+        if not mem and not used:
+            text.append("none reported (CPU run)\n", style="dim")
+        for rank in sorted(set(mem) | set(used), key=int):
+            text.append_text(rank_line(rank, mem.get(rank, {}), used.get(rank), planned))
         return text
 
     def redraw_chart(self) -> None:
@@ -171,6 +177,7 @@ class MonitorScreen(Screen):
             if confirmed:
                 outcome = self.source.stop(self.run_id)
                 self.notify("stopping after the current step" if outcome == "requested" else "killed")
+
         self.app.push_screen(Confirm(f"Stop {self.run_id}? It saves a checkpoint first."), done)
 
     def action_resume(self) -> None:
@@ -183,10 +190,40 @@ class MonitorScreen(Screen):
         self.notify(f"resumed {self.run_id}")
 
 
+BAR = 8
+
+
+def rank_line(rank: str, mem: dict[str, float], nvml: float | None, planned: float | None) -> Text:
+    """`r0 █████▌░│ 34.9 nv 59.1`: reserved (bar, number) against the plan, and NVML's view."""
+    reserved = mem.get("reserved_gib")
+    top = max(v for v in (reserved or 0.0, planned or 0.0, 1e-9))
+    over = planned is not None and reserved is not None and reserved > 1.1 * planned
+    text = Text(f"r{rank} ")
+    cells = round((reserved or 0.0) / top * BAR)
+    mark = round(planned / top * BAR) if planned else None
+    for i in range(BAR + 1):
+        if i == mark:
+            text.append("│", style="cyan")
+        elif i < cells:
+            text.append("█", style="red" if over else "green")
+        else:
+            text.append("░", style="grey35")
+    text.append(f" {_num(reserved, '{:.1f}')}", style="red" if over else "")
+    if nvml is not None:
+        text.append(f" nv {nvml:.1f}", style="dim")
+    return text + "\n"
+
+
 def _latest(records: list[dict[str, Any]], key: str) -> Any:
     return next((r[key] for r in reversed(records) if r.get(key) is not None), None)
 
 
-def _state_style(state: str) -> str:
-    return {"running": "black on green", "finished": "black on cyan", "failed": "white on red",
-            "dead": "white on red", "stopping": "black on yellow", "stopped": "black on yellow"}.get(state, "reverse")
+def state_style(state: str) -> str:
+    return {
+        "running": "black on green",
+        "finished": "black on cyan",
+        "failed": "white on red",
+        "dead": "white on red",
+        "stopping": "black on yellow",
+        "stopped": "black on yellow",
+    }.get(state, "reverse")

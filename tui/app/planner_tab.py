@@ -1,17 +1,295 @@
-"""The planner tab (placeholder; replaced by the interactive planner)."""
+"""The planner tab: a form on the left, the plan on the right, recomputed on every change.
+
+The plan comes from a thread worker (the recommender tries a few hundred setups); only the newest
+answer is shown. ctrl+l turns the plan into a recipe and launches it (see launch.py).
+"""
 
 from __future__ import annotations
 
+from rich.console import Group
+from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.widgets import Static
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.css.query import NoMatches
+from textual.message import Message
+from textual.reactive import reactive
+from textual.suggester import SuggestFromList
+from textual.widgets import DataTable, Input, Label, Select, Static
+from textual.worker import get_current_worker
+
+from planner import PARTS
+from planner.catalog import names
+from planner.gpus import GPUS
+from planner.setup import OFFLOADS, PRECISIONS, TUNERS
+
+from ..plan_view import merge_refusals, duration
+from .plan_form import AUTO, DETECTED, Detected, PlanForm, PlanOutcome, compute
+
+GIB = 2**30
+PART_STYLE = {
+    "weights": "blue",
+    "gradients": "magenta",
+    "optimizer": "yellow",
+    "activations": "green",
+    "logits": "cyan",
+    "overhead": "grey50",
+}
+SELECTS = {
+    "f-tuner": [("recommend", "recommend")] + [(t, t) for t in TUNERS],
+    "f-zero": [(AUTO, AUTO)] + [(str(z), str(z)) for z in range(4)],
+    "f-offload": [(AUTO, AUTO)] + [(o, o) for o in OFFLOADS],
+    "f-ckpt": [(AUTO, AUTO), ("on", "on"), ("off", "off")],
+    "f-precision": [(AUTO, AUTO)] + [(p, p) for p in PRECISIONS],
+}
 
 
-class PlannerTab(Vertical):
-    def __init__(self, launcher=None, gpus=None, **kwargs) -> None:
+def stacked_bar(outcome: PlanOutcome, width: int) -> Text:
+    """The per-GPU memory parts as one bar, scaled to the GPU's capacity, with a legend."""
+    mem = outcome.plan.estimate.memory
+    scale = max(mem.capacity_bytes, mem.nvml_used)
+    bar, used = Text(), 0
+    for part in PARTS:
+        cells = round(mem.part(part) / scale * width)
+        cells = min(cells, width - used)
+        bar.append("█" * cells, style=PART_STYLE[part])
+        used += cells
+    free = round(mem.capacity_bytes / scale * width) - used
+    bar.append("░" * max(0, free), style="grey35")
+    if mem.nvml_used > mem.capacity_bytes:
+        cap = round(mem.capacity_bytes / scale * width)
+        bar = bar[:cap] + Text("▏", style="bold red") + bar[cap:]
+    legend = Text()
+    for part in PARTS:
+        legend.append("■ ", style=PART_STYLE[part])
+        legend.append(f"{part} {mem.part(part) / GIB:.1f}  ")
+    return Text("\n").join([bar, legend])
+
+
+class PlannerTab(Horizontal):
+    """Model, GPUs and settings in; memory, fit, speed and alternatives out."""
+
+    BINDINGS = [Binding("ctrl+l", "launch", "launch…"), Binding("escape", "leave", "leave field")]
+
+    detected: reactive[Detected | None] = reactive(None, init=False)
+    outcome: reactive[PlanOutcome | None] = reactive(None, init=False)
+
+    class Launch(Message):
+        """Ask the app to open the launch dialog for this plan."""
+
+        def __init__(self, outcome: PlanOutcome, typed_model: str) -> None:
+            super().__init__()
+            self.outcome = outcome
+            self.typed_model = typed_model
+
+    def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.launcher = launcher
-        self.gpus = gpus
+        self.gpu_known = False
 
     def compose(self) -> ComposeResult:
-        yield Static("planner")
+        with VerticalScroll(id="plan-form"):
+            yield from self._row(
+                "model",
+                Input(
+                    placeholder="qwen2.5-7b, 7b, ./dir",
+                    id="f-model",
+                    suggester=SuggestFromList(names(), case_sensitive=False),
+                ),
+            )
+            yield Static("→ completes · esc leaves", id="f-hint")
+            yield from self._row("GPU", Select([(g.key, g.key) for g in GPUS], prompt="pick a type", id="f-gpu"))
+            yield from self._row("GPUs", Input(placeholder="auto", type="integer", id="f-gpus"))
+            yield from self._row(
+                "tuner", Select(SELECTS["f-tuner"], value="recommend", allow_blank=False, id="f-tuner")
+            )
+            yield from self._row("seq len", Input("2048", type="integer", id="f-seq"))
+            yield from self._row("micro-batch", Input(placeholder="auto", type="integer", id="f-mb"))
+            for label, key in (
+                ("ZeRO", "f-zero"),
+                ("offload", "f-offload"),
+                ("grad ckpt", "f-ckpt"),
+                ("precision", "f-precision"),
+            ):
+                yield from self._row(label, Select(SELECTS[key], value=AUTO, allow_blank=False, id=key))
+            yield from self._row("LoRA rank", Input("8", type="integer", id="f-rank"))
+        with VerticalScroll(id="plan-result"):
+            yield Static("Type a model to plan.", id="plan-title")
+            yield Static(id="plan-bar")
+            yield Static(id="plan-numbers")
+            yield Static(id="plan-reasons")
+            table = DataTable(id="plan-alts", cursor_type="row", zebra_stripes=True)
+            table.add_columns("tuner", "ZeRO", "fits", "GiB", "tok/s", "why not")
+            table.display = False
+            yield table
+
+    @staticmethod
+    def _row(label: str, widget) -> ComposeResult:
+        with Horizontal(classes="field"):
+            yield Label(label, classes="field-label")
+            yield widget
+
+    # --- the form ------------------------------------------------------------------------------
+
+    def form(self) -> PlanForm:
+        def value(selector: str) -> str:
+            return str(self.query_one(selector).value)
+
+        gpu = self.query_one("#f-gpu", Select).value
+        return PlanForm(
+            model=value("#f-model"),
+            gpu=None if gpu == Select.NULL else str(gpu),
+            gpus=value("#f-gpus"),
+            tuner=value("#f-tuner"),
+            seq_len=value("#f-seq"),
+            micro_batch=value("#f-mb"),
+            zero=value("#f-zero"),
+            offload=value("#f-offload"),
+            grad_ckpt=value("#f-ckpt"),
+            precision=value("#f-precision"),
+            lora_rank=value("#f-rank"),
+        )
+
+    def on_mount(self) -> None:
+        if self.gpu_known:  # the GPU pane answered before this tab was built
+            self.gpu_known = False
+            detected, self.detected = self.detected, None
+            self.set_detected(detected)
+
+    def set_detected(self, detected: Detected | None) -> None:
+        """What the GPU pane found: offer `detected` in the GPU field (once known)."""
+        first = not self.gpu_known
+        self.gpu_known = True
+        if detected == self.detected and not first:
+            return
+        self.set_reactive(PlannerTab.detected, detected)
+        try:
+            select = self.query_one("#f-gpu", Select)
+        except NoMatches:  # not built yet (on_mount applies it) or being torn down
+            return
+        options = [(g.key, g.key) for g in GPUS]
+        if detected is not None:
+            label = f"here: {detected.count} x {detected.name.replace('NVIDIA ', '')}"
+            options.insert(0, (label, DETECTED))
+        current = select.value
+        select.set_options(options)
+        if detected is not None and (current == Select.NULL or current == DETECTED):
+            select.value = DETECTED
+        elif current != Select.NULL and current != DETECTED:
+            select.value = current
+        self.recompute()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.recompute()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        self.recompute()
+
+    def recompute(self) -> None:
+        self._plan(self.form(), self.detected)
+
+    @work(thread=True, exclusive=True, group="plan")
+    def _plan(self, form: PlanForm, detected: Detected | None) -> None:
+        outcome = compute(form, detected)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(setattr, self, "outcome", outcome)
+
+    # --- the answer ----------------------------------------------------------------------------
+
+    def watch_outcome(self, outcome: PlanOutcome) -> None:
+        title = self.query_one("#plan-title", Static)
+        parts = [self.query_one(f"#plan-{name}", Static) for name in ("bar", "numbers", "reasons")]
+        table = self.query_one("#plan-alts", DataTable)
+        table.clear()
+        table.display = outcome.plan is not None and outcome.plan.recommendation is not None
+        if outcome.plan is None:
+            title.update(Text(outcome.error, style="yellow"))
+            for part in parts:
+                part.update("")
+            return
+        plan, est = outcome.plan, outcome.plan.estimate
+        rec = plan.recommendation
+        head = Text.assemble(
+            (f"{outcome.model.name}", "bold"),
+            f" · {plan.cluster.world} x {plan.cluster.gpu.name.replace('NVIDIA ', '')}\n",
+        )
+        if est is None:
+            head.append("Nothing fits. ", style="bold red")
+            head.append(rec.reasons[0] if rec and rec.reasons else "")
+            title.update(head)
+            for part in parts:
+                part.update("")
+        else:
+            verdict = ("FITS", "black on green") if est.fits else ("DOES NOT FIT", "white on red")
+            head.append(f" {verdict[0]} ", style=verdict[1])
+            head.append(" recommended: " if rec else " ")
+            head.append(est.setup.summary())
+            title.update(head)
+            parts[0].update(stacked_bar(outcome, max(20, self.query_one("#plan-result").size.width - 4)))
+            parts[1].update(self._numbers(outcome))
+            parts[2].update(self._reasons(outcome))
+        if rec is not None:
+            for group in merge_refusals(list(rec.alternatives)):
+                a, c = group[0], group[0].candidate
+                stages = str(a.zero) if len(group) == 1 else f"{group[0].zero}-{group[-1].zero}"
+                table.add_row(
+                    a.tuner,
+                    stages,
+                    "yes" if a.fits else "no",
+                    f"{c.memory.required / GIB:.1f}" if c and c.refusal is None else "-",
+                    f"{c.throughput.tokens_per_s:,.0f}" if c and a.fits else "-",
+                    a.reason,
+                )
+
+    def _numbers(self, outcome: PlanOutcome) -> Text:
+        est = outcome.plan.estimate
+        mem = est.memory
+        text = Text()
+        text.append(
+            f"peak {mem.peak_reserved / GIB:.1f} GiB reserved · {mem.nvml_used / GIB:.1f} nvml"
+            f" / {mem.capacity_bytes / GIB:.1f} GiB per GPU\n"
+        )
+        text.append(f"max micro-batch {est.max_micro_batch} · max seq len {est.max_seq_len:,}\n")
+        text.append(
+            f"{est.throughput.tokens_per_s:,.0f} tokens/s · 1B tokens in "
+            f"{duration(1e9 / est.throughput.tokens_per_s)} · host RAM {mem.cpu_ram_bytes / GIB:.0f} GiB\n"
+        )
+        text.append(
+            f"grad-accum {outcome.grad_accum} · lr {outcome.learning_rate:.0e}"
+            if outcome.learning_rate
+            else f"grad-accum {outcome.grad_accum}"
+        )
+        return text
+
+    def _reasons(self, outcome: PlanOutcome) -> Group:
+        est, rec = outcome.plan.estimate, outcome.plan.recommendation
+        lines = [Text(f"refused ({r.rule}): {r.reason}", style="red") for r in est.refusals]
+        lines += [Text(f"note: {w}", style="yellow") for w in est.warnings]
+        lines += [Text(f"• {reason}") for reason in (rec.reasons if rec else ())]
+        return Group(*lines)
+
+    # --- keys ----------------------------------------------------------------------------------
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on an alternative plans that tuner and ZeRO stage."""
+        if event.data_table.id != "plan-alts":
+            return
+        event.stop()
+        row = event.data_table.get_row_at(event.cursor_row)
+        self.query_one("#f-tuner", Select).value = str(row[0])
+        self.query_one("#f-zero", Select).value = str(row[1]).split("-")[0]
+
+    def action_leave(self) -> None:
+        """Out of the form (so g / r / q switch tabs and quit again): to the alternatives table."""
+        self.query_one("#plan-alts", DataTable).focus()
+
+    def action_launch(self) -> None:
+        outcome = self.outcome
+        if outcome is None or outcome.setup is None:
+            self.notify(
+                "Nothing to launch yet: the plan needs a model, a GPU and a setup that fits.", severity="warning"
+            )
+            return
+        self.post_message(self.Launch(outcome, self.form().model.strip()))

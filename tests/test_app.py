@@ -1,0 +1,364 @@
+"""The app's behaviour, driven with Textual's pilot: GPU pane scenarios, planner recompute and
+launch, runs tab actions, the monitor on a replayed run. Data comes from real sources (fake NVML
+scenarios, the shipped recording, run directories in tmp_path); the clock is injected."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Input, Select, Static
+
+from runner.fake_nvml import FakeNvml
+from runner.recipe import load_recipe
+from runner.runs import new_run_dir
+from runner.sources import DirRunSource, NvmlGpuSource, ReplayRunSource
+from tui.app.app import FtuiApp
+from tui.app.confirm import Confirm
+from tui.app.launch import LaunchScreen
+from tui.app.monitor import MonitorScreen
+from tui.demo import RECORDING
+
+SIZE = (100, 34)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def until(pilot, condition, timeout: float = 10.0, what: str = "condition") -> None:
+    """Let the app run until `condition()` holds (workers and timers do the work)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.02)
+
+
+def text_of(app, selector: str) -> str:
+    widget = app.screen.query_one(selector, Static)
+    return str(widget.render())
+
+
+def make_app(scenario: str = "none", runs=None, clock=None, **kwargs) -> FtuiApp:
+    clock = clock or Clock()
+    runs = runs if runs is not None else ReplayRunSource(RECORDING, clock=clock)
+    return FtuiApp(NvmlGpuSource(FakeNvml(scenario)), runs, clock=clock, **kwargs)
+
+
+# --- GPUs pane ---------------------------------------------------------------------------------
+
+
+async def test_eight_h100s_with_their_processes_named_by_run_and_rank():
+    app = make_app("8xh100")
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one("#gpu-table", DataTable)
+        await until(pilot, lambda: table.row_count == 8, what="8 GPU rows")
+        row = [str(cell) for cell in table.get_row_at(3)]
+        assert "H100 80GB HBM3" in row[1]
+        assert "4103" in row[6] and "r3 qwen2.5-7b-lora-8xh100" in row[6]
+        assert "94%" in row[3] and "65°C" in row[4]
+
+
+async def test_no_gpu_shows_a_plain_panel_and_the_planner_asks_for_a_gpu_type():
+    app = make_app("none")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.query_one("#gpu-pane").error, what="the no-GPU message")
+        assert "no NVIDIA GPU found" in text_of(app, "#gpu-message")
+        assert not app.query_one("#gpu-table").display
+        await pilot.press("p")
+        await until(pilot, lambda: app.focused is app.query_one("#f-model"))
+        await pilot.pause()
+        await pilot.press(*"7b")
+        planner = app.query_one("#planner-tab")
+        await until(pilot, lambda: planner.outcome is not None and planner.outcome.model is not None)
+        assert "pick the GPU type" in planner.outcome.error
+        options = [value for _, value in app.query_one("#f-gpu", Select)._options]
+        assert "detected" not in options
+
+
+async def test_a_gpu_that_vanishes_leaves_the_pane_working():
+    app = make_app("vanishing")
+    async with app.run_test(size=SIZE) as pilot:
+        pane = app.query_one("#gpu-pane")
+        await until(pilot, lambda: len(pane.gpus) == 2, what="two GPUs at first")
+        pane.poll()
+        await until(pilot, lambda: len(pane.gpus) < 2 or pane.gpus[1].memory_used is None, what="the lost GPU")
+        assert app.is_running
+        assert app.query_one("#gpu-table", DataTable).row_count == len(pane.gpus)
+
+
+# --- planner -----------------------------------------------------------------------------------
+
+
+async def type_model(app, pilot, name: str):
+    await pilot.press("p")
+    planner = app.query_one("#planner-tab")
+    await until(pilot, lambda: app.focused is app.query_one("#f-model"), what="focus on the model field")
+    await pilot.pause()  # the Input's focus handler selects its text: let it run before typing
+    await pilot.press(*name)
+    await until(
+        pilot,
+        lambda: planner.outcome is not None and planner.outcome.plan is not None and planner.outcome.model.name == name,
+        what=f"a plan for {name}",
+    )
+    return planner
+
+
+async def test_the_planner_recommends_for_the_detected_gpus_and_recomputes_on_every_change():
+    app = make_app("8xh100")
+    async with app.run_test(size=SIZE) as pilot:
+        planner = await type_model(app, pilot, "qwen2.5-7b")
+        plan = planner.outcome.plan
+        assert plan.cluster.world == 8 and plan.cluster.gpu.key == "h100-80g"
+        assert plan.recommendation is not None and planner.outcome.setup.tuner == "full"
+        assert "FITS" in text_of(app, "#plan-title")
+        assert app.query_one("#plan-alts", DataTable).row_count >= 5
+
+        app.query_one("#f-tuner", Select).value = "qlora"
+        await until(pilot, lambda: planner.outcome.setup is not None and planner.outcome.setup.tuner == "qlora")
+        assert planner.outcome.plan.recommendation is None  # a given tuner is evaluated, not searched
+        assert not app.query_one("#plan-alts").display
+
+        mb = app.query_one("#f-mb", Input)
+        mb.value = "512"
+        await until(pilot, lambda: planner.outcome.setup.micro_batch == 512)
+        assert not planner.outcome.plan.estimate.fits
+        assert "DOES NOT FIT" in text_of(app, "#plan-title")
+
+
+async def test_an_unknown_model_names_the_closest_matches():
+    app = make_app("1xa100")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p")
+        await until(pilot, lambda: app.focused is app.query_one("#f-model"))
+        await pilot.pause()
+        await pilot.press(*"llama-2-7")
+        planner = app.query_one("#planner-tab")
+        await until(
+            pilot,
+            lambda: (
+                planner.outcome is not None
+                and planner.outcome.error.startswith("model:")
+                and "llama-2-7b" in planner.outcome.error
+            ),
+        )
+        assert "llama-2-7b" in text_of(app, "#plan-title")
+
+
+async def test_enter_on_an_alternative_plans_that_tuner_and_stage():
+    app = make_app("8xh100")
+    async with app.run_test(size=SIZE) as pilot:
+        planner = await type_model(app, pilot, "llama-3.1-8b")
+        table = app.query_one("#plan-alts", DataTable)
+        rows = [table.get_row_at(i) for i in range(table.row_count)]
+        target = next(i for i, row in enumerate(rows) if row[0] == "lora" and row[2] == "yes")
+        table.focus()
+        table.move_cursor(row=target)
+        await pilot.press("enter")
+        await until(
+            pilot,
+            lambda: (
+                planner.outcome.setup is not None
+                and planner.outcome.setup.tuner == "lora"
+                and planner.outcome.plan.recommendation is None
+            ),
+        )
+        assert planner.outcome.setup.zero == int(str(rows[target][1]).split("-")[0])
+
+
+# --- launch ------------------------------------------------------------------------------------
+
+
+async def test_launch_writes_the_planned_recipe_and_hands_it_to_the_runner(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"instruction": "hi", "output": "hello"}) + "\n")
+    runs_root = tmp_path / "runs"
+    launched: list[Path] = []
+
+    def launcher(recipe: Path) -> Path:
+        launched.append(recipe)
+        run = new_run_dir(runs_root, "from-app")
+        run.recipe.write_text(recipe.read_text())
+        run.set_status("queued")
+        return run.path
+
+    app = make_app("8xh100", runs=DirRunSource(runs_root), launcher=launcher, runs_root=runs_root)
+    async with app.run_test(size=SIZE) as pilot:
+        planner = await type_model(app, pilot, "qwen2.5-7b")
+        app.query_one("#f-tuner", Select).value = "lora"
+        app.query_one("#f-mb", Input).value = "4"
+        await until(
+            pilot,
+            lambda: (
+                planner.outcome.setup is not None
+                and planner.outcome.setup.micro_batch == 4
+                and planner.outcome.setup.tuner == "lora"
+            ),
+        )
+        await pilot.press("ctrl+l")
+        await until(pilot, lambda: isinstance(app.screen, LaunchScreen), what="the launch dialog")
+        dialog = app.screen
+        preview = str(dialog.query_one("#launch-yaml", Static).render())
+        assert "tuner: lora" in preview and "micro_batch: 4" in preview and "gpus: 8" in preview
+
+        await pilot.press("ctrl+s")  # no dataset yet: refused, nothing launched
+        assert launched == [] and "dataset" in text_of(app, "#launch-error")
+
+        dialog.query_one("#l-dataset", Input).value = str(tmp_path / "missing.jsonl")
+        await pilot.press("ctrl+s")
+        assert launched == [] and "does not exist" in text_of(app, "#launch-error")
+
+        dialog.query_one("#l-dataset", Input).value = str(data)
+        dialog.query_one("#l-set", Input).value = "train.epochs=3"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor on the new run")
+        assert len(launched) == 1
+        recipe = load_recipe(launched[0])
+        assert recipe.tuner == "lora" and recipe.train.micro_batch == 4 and recipe.train.epochs == 3
+        assert recipe.model.path == "Qwen/Qwen2.5-7B" and Path(recipe.dataset.path) == data
+        assert recipe.distributed.gpus == 8 and recipe.distributed.zero == planner.outcome.setup.zero
+        assert launched[0].read_text().startswith(f"# ftui train {launched[0]}")
+        assert app.screen.run_id.startswith("from-app-")
+
+
+async def test_a_failed_launch_is_shown_in_the_dialog_and_the_app_keeps_running(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+
+    def launcher(recipe: Path) -> Path:
+        raise RuntimeError("the planner says this run will not fit")
+
+    app = make_app("8xh100", launcher=launcher)
+    async with app.run_test(size=SIZE) as pilot:
+        await type_model(app, pilot, "qwen2.5-7b")
+        await pilot.press("ctrl+l")
+        await until(pilot, lambda: isinstance(app.screen, LaunchScreen))
+        app.screen.query_one("#l-dataset", Input).value = str(data)
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: "will not fit" in text_of(app, "#launch-error"), what="the error")
+        assert "not launched" in text_of(app, "#launch-error")
+        assert isinstance(app.screen, LaunchScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, LaunchScreen)
+
+
+# --- monitor -----------------------------------------------------------------------------------
+
+
+async def test_the_monitor_draws_points_as_the_recording_advances():
+    clock = Clock()
+    runs = ReplayRunSource(RECORDING, clock=clock)
+    app = make_app("8xh100", runs=runs, clock=clock, open_run=runs.run_id)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen))
+        monitor = app.screen
+        await until(pilot, lambda: len(monitor.steps) == 1, what="the first point")
+        clock.now += 20.2  # 20 more records are due
+        await until(pilot, lambda: len(monitor.steps) == 21, what="20 more points")
+        assert monitor.steps == sorted(monitor.steps)
+        assert "step 105/600" in text_of(app, "#mon-header")
+        assert "VRAM" in text_of(app, "#mon-memory") and "plan 59.5" in text_of(app, "#mon-memory")
+        clock.now += 10_000
+        await until(pilot, lambda: "finished" in text_of(app, "#mon-header"), what="the end of the run")
+        assert monitor.eval_losses and len(monitor.steps) + len(monitor.eval_steps) == len(runs.records)
+
+
+async def test_stop_asks_first_and_only_yes_stops():
+    clock = Clock()
+    runs = ReplayRunSource(RECORDING, clock=clock)
+    app = make_app("8xh100", runs=runs, clock=clock, open_run=runs.run_id)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen))
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, Confirm))
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen))
+        assert not runs.stopped
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, Confirm))
+        await pilot.press("y")
+        await until(pilot, lambda: runs.stopped, what="the stop")
+        await until(pilot, lambda: "stopped" in text_of(app, "#mon-header"))
+
+
+async def test_a_nan_loss_is_flagged(tmp_path):
+    recording = tmp_path / "diverged"
+    recording.mkdir()
+    lines = [{"step": s, "total_steps": 50, "loss": 2.0 - 0.01 * s, "time": 100.0 + s} for s in range(1, 10)]
+    lines.append({"step": 10, "total_steps": 50, "loss": math.nan, "time": 110.0})
+    (recording / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    clock = Clock()
+    runs = ReplayRunSource(recording, clock=clock)
+    app = make_app("none", runs=runs, clock=clock, open_run=runs.run_id)
+    async with app.run_test(size=SIZE) as pilot:
+        clock.now += 100
+        await until(pilot, lambda: "diverged" in text_of(app, "#mon-flags"), what="the NaN flag")
+        assert "loss is nan at step 10" in text_of(app, "#mon-flags")
+
+
+# --- runs tab ----------------------------------------------------------------------------------
+
+
+async def test_the_runs_tab_lists_runs_and_opens_one(tmp_path):
+    root = tmp_path / "runs"
+    for name, state, step in (("alpha", "finished", 80), ("beta", "failed", 12)):
+        run = new_run_dir(root, name)
+        run.recipe.write_text("tuner: lora\n")
+        run.set_status(state)
+        run.metrics.write_text(json.dumps({"step": step, "total_steps": 80, "loss": 1.25, "time": 1.0}) + "\n")
+    app = make_app("none", runs=DirRunSource(root), initial_tab="runs")
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one("#runs-table", DataTable)
+        await until(pilot, lambda: table.row_count == 2, what="two runs")
+        cells = {str(table.get_row_at(i)[0]): [str(c) for c in table.get_row_at(i)] for i in range(2)}
+        alpha = next(v for k, v in cells.items() if k.startswith("alpha"))
+        assert "finished" in alpha[2] and alpha[3] == "80/80" and alpha[4] == "1.2500"
+        await pilot.press("s")  # a finished run: nothing to stop, no question asked
+        assert not isinstance(app.screen, Confirm)
+        table.move_cursor(row=[k.startswith("beta") for k in cells].index(True))
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen))
+        assert app.screen.run_id.startswith("beta")
+        await until(pilot, lambda: "failed" in text_of(app, "#mon-header"))
+
+
+async def test_q_quits_without_touching_a_running_run():
+    clock = Clock()
+    runs = ReplayRunSource(RECORDING, clock=clock)
+    app = make_app("8xh100", runs=runs, clock=clock, initial_tab="runs")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.query_one("#runs-table", DataTable).row_count == 1)
+        await pilot.press("q")
+    assert not runs.stopped and app.return_code in (0, None)
+
+
+@pytest.mark.parametrize("ref", ["nonexistent-run"])
+def test_ftui_monitor_with_an_unknown_run_says_where_it_looked(ref, tmp_path, capsys):
+    from tui.cli import main
+
+    code = main(["monitor", ref, "--runs-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"no run {ref!r}" in err and str(tmp_path) in err
+
+
+def test_bare_ftui_without_a_terminal_says_what_to_use_instead(capsys):
+    from tui.cli import main
+
+    code = main([])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs a terminal" in err and "ftui runs --json" in err

@@ -1,0 +1,130 @@
+"""Bare `ftui` (the app) and `ftui monitor RUN` (the app opened on one run).
+
+Textual is imported only here, when the app starts, so `ftui plan` and friends stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from runner.runs import RunError, default_runs_dir, find_run
+
+from .errors import CliError
+
+EPILOG = """examples:
+  ftui monitor tiny-demo                  a run under ./runs (a unique id prefix is enough)
+  ftui monitor runs/qwen-lora-20261122-101500
+  ftui monitor saves/llama3-lora --watch saves    a LLaMA-Factory / ms-swift / HF output dir
+"""
+
+APP_HELP = """keys: g GPUs · p planner · r runs · q quit (runs keep going) · ctrl+l launch from the planner
+  ftui                     open the app on ./runs and the GPUs NVML sees
+  ftui --demo              a recorded 8 x H100 LoRA run on fake GPUs (no GPU needed)
+  ftui --watch saves       also list runs of other tools found under saves/"""
+
+
+def add_app_options(parser: argparse.ArgumentParser) -> None:
+    """Options of bare `ftui` (they open the app)."""
+    parser.add_argument("--demo", action="store_true", help="replay a recorded run on fake GPUs (no GPU needed)")
+    _common(parser)
+    parser.epilog = APP_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", type=Path, help="where runs are (default ./runs or $FTUI_RUNS_DIR)")
+    parser.add_argument(
+        "--watch",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also list runs of other tools under DIR (HF trainer_state.json, LLaMA-Factory, ms-swift); repeatable",
+    )
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "monitor",
+        help="live view of one run (loss chart, speed, ETA, memory, log)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_ref", metavar="RUN", help="run id, id prefix, or run directory")
+    _common(p)
+    p.set_defaults(run=run_monitor)
+
+
+def _needs_terminal() -> None:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise CliError(
+            "the ftui app needs a terminal (stdin and stdout are not one here); "
+            "for scripts use `ftui runs --json`, `ftui logs RUN -f` or `ftui plan --json`"
+        )
+
+
+def run_app(args: argparse.Namespace, open_run: str | None = None, extra_watch: list[Path] | None = None) -> int:
+    _needs_terminal()
+    from runner.host import host_ram_bytes
+    from runner.lifecycle import start_run
+    from runner.sources import DirRunSource, NvmlGpuSource
+
+    from .app.app import FtuiApp
+
+    if getattr(args, "demo", False):
+        return _run_demo()
+    root = (args.runs_dir or default_runs_dir()).expanduser().resolve()
+    watch = tuple(p.expanduser().resolve() for p in [*args.watch, *(extra_watch or [])])
+
+    def launch(recipe: Path) -> Path:
+        return start_run(recipe, []).run.path
+
+    app = FtuiApp(
+        NvmlGpuSource(),
+        DirRunSource(root, watch=watch),
+        open_run=open_run,
+        launcher=launch,
+        runs_root=root,
+        host_ram=host_ram_bytes,
+    )
+    app.run()
+    return 0
+
+
+def _run_demo() -> int:
+    from runner.fake_nvml import FakeNvml
+    from runner.sources import NvmlGpuSource, ReplayRunSource
+
+    from .app.app import FtuiApp
+    from .demo import RECORDING
+
+    runs = ReplayRunSource(RECORDING)
+    FtuiApp(NvmlGpuSource(FakeNvml("8xh100")), runs, open_run=runs.run_id, initial_tab="runs").run()
+    return 0
+
+
+def run_monitor(args: argparse.Namespace) -> int:
+    root = (args.runs_dir or default_runs_dir()).expanduser().resolve()
+    ref = Path(args.run_ref).expanduser()
+    try:
+        run = find_run(args.run_ref, [root])
+    except RunError as err:
+        if ref.is_dir():  # another tool's output directory
+            from runner.sources import DirRunSource
+
+            watch = tuple(p.expanduser().resolve() for p in [*args.watch, ref])
+            foreign = [r for r in DirRunSource(root, watch=watch).runs() if r.tool != "ftui"]
+            inside = [r for r in foreign if r.path == ref.resolve()] or [
+                r for r in foreign if r.path.is_relative_to(ref.resolve())
+            ]
+            if inside:
+                return run_app(args, open_run=inside[0].id, extra_watch=[ref])
+            raise CliError(
+                f"{ref} is neither an ftui run nor an output directory with trainer_state.json, "
+                "trainer_log.jsonl or logging.jsonl"
+            ) from None
+        raise CliError(str(err)) from None
+    args.runs_dir = run.path.parent
+    return run_app(args, open_run=run.id)
