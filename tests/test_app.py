@@ -35,14 +35,17 @@ class Clock:
         return self.now
 
 
-async def until(pilot, condition, timeout: float = 10.0, what: str = "condition") -> None:
-    """Let the app run until `condition()` holds (workers and timers do the work)."""
+async def until(pilot, condition, timeout: float = 10.0, what: str = "condition", state=None) -> None:
+    """Let the app run until `condition()` holds (workers and timers do the work).
+
+    A plain sleep, not `pilot.pause`: the pause forces a full repaint each time, and polling with it
+    keeps the event loop busy painting instead of running the app."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not condition():
         if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.02)
+            raise AssertionError(f"timed out waiting for {what}" + (f" ({state()})" if state else ""))
+        await asyncio.sleep(0.02)
 
 
 def text_of(app, selector: str) -> str:
@@ -107,10 +110,12 @@ async def type_model(app, pilot, name: str):
     await until(pilot, lambda: app.focused is app.query_one("#f-model"), what="focus on the model field")
     await pilot.pause()  # the Input's focus handler selects its text: let it run before typing
     await pilot.press(*name)
+    field = app.query_one("#f-model", Input)
     await until(
         pilot,
         lambda: planner.outcome is not None and planner.outcome.plan is not None and planner.outcome.model.name == name,
         what=f"a plan for {name}",
+        state=lambda: f"field={field.value!r} focused={app.focused} outcome={planner.outcome}",
     )
     return planner
 

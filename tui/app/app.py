@@ -12,6 +12,7 @@ from typing import Callable
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.widgets import Footer, TabbedContent, TabPane
 
 from runner.sources import GpuSource, RunSource
@@ -23,6 +24,9 @@ from .monitor import MonitorScreen
 from .plan_form import Detected
 from .planner_tab import PlannerTab
 from .runs_tab import RunsTab
+
+
+FOCUS_TARGET = {"planner": "#f-model", "runs": "#runs-table", "gpus": "#gpu-table"}
 
 
 class FtuiApp(App):
@@ -71,22 +75,35 @@ class FtuiApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.focus_tab(self.initial_tab)
+        self.focus_tab()
         if self.open_run:
             self.show_run(self.open_run)
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
-        self.focus_tab(tab)
+        self.focus_tab()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        self.focus_tab(event.pane.id or "")
+        self.focus_tab()
 
-    def focus_tab(self, tab: str) -> None:
-        """Keys go where the tab's work is: the model field, the runs table, the GPU table."""
-        target = {"planner": "#f-model", "runs": "#runs-table", "gpus": "#gpu-table"}.get(tab)
-        if target:  # after the refresh that shows the tab: hidden widgets cannot take focus
-            self.call_after_refresh(self.query_one(target).focus)
+    def focus_tab(self) -> None:
+        """Keys go where the active tab's work is: the model field, the runs table, the GPU table.
+
+        Decided after the refresh that shows the tab (hidden widgets cannot take focus), from the tab
+        active then: an earlier request must not pull focus back to a tab the user has left."""
+        self.call_after_refresh(self._focus_active_tab)
+
+    def _focus_active_tab(self) -> None:
+        try:
+            tabs = self.query_one(TabbedContent)
+            pane = tabs.get_pane(tabs.active)
+            target = pane.query_one(FOCUS_TARGET[tabs.active])
+        except (NoMatches, KeyError, ValueError):  # no tab yet, or the app is closing
+            return
+        focused = self.screen.focused
+        if self.screen is not target.screen or (focused is not None and pane in focused.ancestors):
+            return  # a dialog is open, or the user is already working in this tab
+        target.focus()
 
     def on_gpus_updated(self, message: GpusUpdated) -> None:
         """The planner plans for the GPUs found here, or asks for a type when there are none."""
