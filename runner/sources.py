@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import pwd
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -376,6 +377,18 @@ def process_group(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+def process_user(pid: int) -> str | None:
+    """Login name of a process's owner (None when the pid is not visible, e.g. another container)."""
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def process_rank(pid: int) -> int | None:

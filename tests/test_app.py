@@ -4,7 +4,6 @@ scenarios, the shipped recording, run directories in tmp_path); the clock is inj
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from pathlib import Path
@@ -12,51 +11,17 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
-from runner.fake_nvml import FakeNvml
 from runner.recipe import load_recipe
 from runner.runs import new_run_dir
-from runner.sources import DirRunSource, NvmlGpuSource, ReplayRunSource
-from tui.app.app import FtuiApp
+from runner.sources import DirRunSource, ReplayRunSource
 from tui.app.confirm import Confirm
 from tui.app.launch import LaunchScreen
 from tui.app.monitor import MonitorScreen
 from tui.demo import RECORDING
 
+from app_support import Clock, make_app, text_of, until
+
 SIZE = (100, 34)
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def until(pilot, condition, timeout: float = 10.0, what: str = "condition", state=None) -> None:
-    """Let the app run until `condition()` holds (workers and timers do the work).
-
-    A plain sleep, not `pilot.pause`: the pause forces a full repaint each time, and polling with it
-    keeps the event loop busy painting instead of running the app."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}" + (f" ({state()})" if state else ""))
-        await asyncio.sleep(0.02)
-
-
-def text_of(app, selector: str) -> str:
-    widget = app.screen.query_one(selector, Static)
-    return str(widget.render())
-
-
-def make_app(scenario: str = "none", runs=None, clock=None, **kwargs) -> FtuiApp:
-    clock = clock or Clock()
-    runs = runs if runs is not None else ReplayRunSource(RECORDING, clock=clock)
-    return FtuiApp(NvmlGpuSource(FakeNvml(scenario)), runs, clock=clock, **kwargs)
 
 
 # --- GPUs pane ---------------------------------------------------------------------------------
@@ -90,15 +55,19 @@ async def test_no_gpu_shows_a_plain_panel_and_the_planner_asks_for_a_gpu_type():
         assert "detected" not in options
 
 
-async def test_a_gpu_that_vanishes_leaves_the_pane_working():
+async def test_a_gpu_that_vanishes_stays_listed_as_lost():
     app = make_app("vanishing")
     async with app.run_test(size=SIZE) as pilot:
         pane = app.query_one("#gpu-pane")
         await until(pilot, lambda: len(pane.gpus) == 2, what="two GPUs at first")
         pane.poll()
-        await until(pilot, lambda: len(pane.gpus) < 2 or pane.gpus[1].memory_used is None, what="the lost GPU")
+        await until(pilot, lambda: len(pane.gpus) == 1, what="the lost GPU")
+        assert [g.index for g in pane.lost] == [1]
+        table = app.query_one("#gpu-table", DataTable)
+        await until(pilot, lambda: "lost" in str(table.get_row_at(1)[3]), what="the lost row")
+        assert "H100" not in str(table.get_row_at(1)[1]) and "A100" in str(table.get_row_at(1)[1])
+        assert "0%" in str(table.get_row_at(0)[3])  # the GPU still answering keeps its live row
         assert app.is_running
-        assert app.query_one("#gpu-table", DataTable).row_count == len(pane.gpus)
 
 
 # --- planner -----------------------------------------------------------------------------------

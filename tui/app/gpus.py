@@ -10,7 +10,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from runner.nvml import GpuSnapshot, NoGpu
-from runner.sources import GpuSource
+from runner.sources import GpuSource, process_user
 
 from .messages import GpusUpdated
 
@@ -47,7 +47,10 @@ class GpuPane(Vertical):
         self.gpus: list[GpuSnapshot] = []
         self.owners: dict[int, Owner] = {}
         """pid -> (run id, rank) for the processes of our runs, from the last poll."""
+        self.users: dict[int, str] = {}
         self.error = ""
+        self.seen: dict[int, GpuSnapshot] = {}
+        """Every GPU seen since start, by index: one that stops answering stays listed as lost."""
 
     def compose(self) -> ComposeResult:
         yield Static("reading GPUs…", id="gpu-message")
@@ -67,14 +70,23 @@ class GpuPane(Vertical):
             gpus, error = self.source.snapshot(), ""
         except NoGpu as err:
             gpus, error = [], str(err)
-        owners = {}
+        owners, users = {}, {}
         for p in {p.pid for g in gpus for p in g.processes}:
             if (owner := self.owner(p)) is not None:
                 owners[p] = owner
-        self.post_message(GpusUpdated(gpus, error, owners))
+            if (user := process_user(p)) is not None:
+                users[p] = user
+        self.post_message(GpusUpdated(gpus, error, owners, users))
+
+    @property
+    def lost(self) -> list[GpuSnapshot]:
+        """GPUs seen earlier that the last poll did not return (fallen off the bus, reset, …)."""
+        present = {g.index for g in self.gpus}
+        return [g for i, g in sorted(self.seen.items()) if i not in present]
 
     def on_gpus_updated(self, message: GpusUpdated) -> None:
-        self.gpus, self.error, self.owners = message.gpus, message.error, message.owners
+        self.gpus, self.error, self.owners, self.users = message.gpus, message.error, message.owners, message.users
+        self.seen.update({g.index: g for g in message.gpus})
         note = self.query_one("#gpu-message", Static)
         table = self.query_one("#gpu-table", DataTable)
         if message.error:
@@ -82,7 +94,9 @@ class GpuPane(Vertical):
             note.display, table.display = True, False
             return
         note.display, table.display = False, True
-        rows = [self._row(g) for g in message.gpus]
+        rows = sorted(
+            [self._row(g) for g in message.gpus] + [self._lost_row(g) for g in self.lost], key=lambda r: int(r[0])
+        )
         if table.row_count != len(rows):
             table.clear()
             for i, row in enumerate(rows):
@@ -98,8 +112,9 @@ class GpuPane(Vertical):
         for p in g.processes:
             owner = self.owners.get(p.pid)
             mem = "" if p.used_bytes is None else f" {p.used_bytes / GIB:.1f}G"
+            user = f" {self.users[p.pid]}" if p.pid in self.users else ""
             label = "" if owner is None else (f" r{owner[1]}" if owner[1] is not None else "") + f" {owner[0]}"
-            procs.append(f"{p.pid}{mem}{label}")
+            procs.append(f"{p.pid}{user}{mem}{label}")
         return (
             str(g.index),
             g.name.replace("NVIDIA ", ""),
@@ -108,4 +123,17 @@ class GpuPane(Vertical):
             _value(g.temperature, "{}°C"),
             power,
             ", ".join(procs) or "-",
+        )
+
+    @staticmethod
+    def _lost_row(g: GpuSnapshot) -> tuple:
+        lost = Text("lost", style="bold red")
+        return (
+            str(g.index),
+            g.name.replace("NVIDIA ", ""),
+            Text("not answering NVML", style="red"),
+            lost,
+            "-",
+            "-",
+            Text("see nvidia-smi, dmesg", style="red"),
         )

@@ -14,13 +14,19 @@ class GpusUpdated(Message):
     """A new GPU snapshot (or why there is none)."""
 
     def __init__(
-        self, gpus: list[GpuSnapshot], error: str = "", owners: dict[int, tuple[str, int | None]] | None = None
+        self,
+        gpus: list[GpuSnapshot],
+        error: str = "",
+        owners: dict[int, tuple[str, int | None]] | None = None,
+        users: dict[int, str] | None = None,
     ) -> None:
         super().__init__()
         self.gpus = gpus
         self.error = error
         self.owners = owners or {}
         """pid -> (run id, rank) of the processes that belong to our runs."""
+        self.users = users or {}
+        """pid -> login name, where the process is visible here (not for other containers' pids)."""
 
     def can_replace(self, message: Message) -> bool:  # only the newest snapshot matters
         return isinstance(message, GpusUpdated)

@@ -97,7 +97,7 @@ class PlannerTab(Horizontal):
                     suggester=SuggestFromList(names(), case_sensitive=False),
                 ),
             )
-            yield Static("→ completes · esc leaves", id="f-hint")
+            yield Static("→ completes the name", id="f-hint")
             yield from self._row("GPU", Select([(g.key, g.key) for g in GPUS], prompt="pick a type", id="f-gpu"))
             yield from self._row("GPUs", Input(placeholder="auto", type="integer", id="f-gpus"))
             yield from self._row(
