@@ -160,7 +160,7 @@ def _from_path(path: Path, source: str = "path", label: str | None = None) -> Mo
         (),
         config.get("model_type", ""),
         config,
-        source=source if source != "path" else f"path {config_path}",
+        source=source if source != "path" else f"path {config_path.resolve()}",
     )
 
 

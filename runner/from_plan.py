@@ -17,10 +17,12 @@ TUNER_SECTIONS = {"lora": ("lora",), "qlora": ("lora", "qlora"), "lisa": ("lisa"
 
 
 def model_reference(model: ModelEntry, typed: str) -> str:
-    """What recipe.model.path should say: the directory for a local model, else the HF id."""
-    if model.source == "path":
-        path = Path(typed).expanduser().resolve()
-        return str(path.parent if path.name == "config.json" else path)
+    """What recipe.model.path should say: the directory of a local model, the id typed for a model
+    found in the local HF cache, else the catalog entry's HF id."""
+    if model.source.startswith("path "):  # "path /abs/dir/config.json"
+        return str(Path(model.source.removeprefix("path ")).resolve().parent)
+    if model.source.startswith("local HF cache"):
+        return typed.strip()
     return model.hf_id or model.name
 
 

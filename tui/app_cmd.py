@@ -65,10 +65,16 @@ def _needs_terminal() -> None:
         )
 
 
+def launch_recipe(recipe: Path) -> Path:
+    """The app's launcher: `ftui train RECIPE`, detached; returns the new run directory."""
+    from runner.lifecycle import start_run
+
+    return start_run(recipe, []).run.path
+
+
 def run_app(args: argparse.Namespace, open_run: str | None = None, extra_watch: list[Path] | None = None) -> int:
     _needs_terminal()
     from runner.host import host_ram_bytes
-    from runner.lifecycle import start_run
     from runner.sources import DirRunSource, NvmlGpuSource
 
     from .app.app import FtuiApp
@@ -78,14 +84,11 @@ def run_app(args: argparse.Namespace, open_run: str | None = None, extra_watch: 
     root = (args.runs_dir or default_runs_dir()).expanduser().resolve()
     watch = tuple(p.expanduser().resolve() for p in [*args.watch, *(extra_watch or [])])
 
-    def launch(recipe: Path) -> Path:
-        return start_run(recipe, []).run.path
-
     app = FtuiApp(
         NvmlGpuSource(),
         DirRunSource(root, watch=watch),
         open_run=open_run,
-        launcher=launch,
+        launcher=launch_recipe,
         runs_root=root,
         host_ram=host_ram_bytes,
     )
