@@ -57,7 +57,7 @@ def runs_root(tmp_path, monkeypatch):
 
 
 def chart_text(monitor: MonitorScreen) -> str:
-    return monitor.query_one("#mon-chart").render().plain
+    return monitor.query_one("#mon-chart").text
 
 
 async def test_plan_launch_watch_and_stop_the_tiny_model_from_the_app(runs_root):

@@ -106,7 +106,8 @@ class FtuiApp(App):
         target.focus()
 
     def on_gpus_updated(self, message: GpusUpdated) -> None:
-        """The planner plans for the GPUs found here, or asks for a type when there are none."""
+        """The GPU pane shows the GPUs; the planner plans for them, or asks for a type when none."""
+        self.gpu_pane.absorb(message)
         gpus = message.gpus
         detected = Detected(gpus[0].name, gpus[0].memory_total_mib, len(gpus), self.host_ram()) if gpus else None
         self.planner.set_detected(detected)

@@ -59,11 +59,14 @@ class GpuPane(Vertical):
         yield table
 
     def on_mount(self) -> None:
+        # The timer, the worker and its answer belong to the app, not to this pane: activity on a
+        # screen under the monitor makes Textual repaint the monitor, and the monitor needs the
+        # GPU numbers (NVML memory per rank) to keep coming.
         self.poll()
-        self.set_interval(POLL_S, self.poll)
+        self.app.set_interval(POLL_S, self.poll)
 
     def poll(self) -> None:
-        self.run_worker(self._read, thread=True, exclusive=True, group="gpu-poll")
+        self.app.run_worker(self._read, thread=True, exclusive=True, group="gpu-poll")
 
     def _read(self) -> None:
         try:
@@ -76,7 +79,7 @@ class GpuPane(Vertical):
                 owners[p] = owner
             if (user := process_user(p)) is not None:
                 users[p] = user
-        self.post_message(GpusUpdated(gpus, error, owners, users))
+        self.app.post_message(GpusUpdated(gpus, error, owners, users))
 
     @property
     def lost(self) -> list[GpuSnapshot]:
@@ -84,9 +87,12 @@ class GpuPane(Vertical):
         present = {g.index for g in self.gpus}
         return [g for i, g in sorted(self.seen.items()) if i not in present]
 
-    def on_gpus_updated(self, message: GpusUpdated) -> None:
+    def absorb(self, message: GpusUpdated) -> None:
+        """A poll's answer (the app hands it over): keep it, and show it when on top."""
         self.gpus, self.error, self.owners, self.users = message.gpus, message.error, message.owners, message.users
         self.seen.update({g.index: g for g in message.gpus})
+        if self.app.screen is not self.screen:
+            return  # under the monitor: keep the numbers (it reads them), paint when back on top
         note = self.query_one("#gpu-message", Static)
         table = self.query_one("#gpu-table", DataTable)
         if message.error:
@@ -104,7 +110,8 @@ class GpuPane(Vertical):
             return
         for i, row in enumerate(rows):
             for col, value in enumerate(row):
-                table.update_cell_at((i, col), value, update_width=True)
+                if table.get_cell_at((i, col)) != value:  # unchanged cells cost no repaint
+                    table.update_cell_at((i, col), value, update_width=True)
 
     def _row(self, g: GpuSnapshot) -> tuple:
         power = "n/a" if g.power_w is None else f"{g.power_w:.0f}/{_value(g.power_limit_w, '{:.0f}')}W"

@@ -4,6 +4,8 @@ warnings, and the log's tail. New metrics are read incrementally (never the whol
 from __future__ import annotations
 
 import math
+from collections import deque
+import time
 from typing import Any
 
 from rich.text import Text
@@ -11,18 +13,29 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Log, ProgressBar, Static
-from textual_plotext import PlotextPlot
+from textual.widgets import Footer, Static
 
 from runner.health import assess
 from runner.sources import RunInfo, RunSource
 
+from .chart import LineChart, Series
 from .confirm import Confirm
+from .logs import LogScreen
 from .messages import RunData
 
-POLL_S = 0.5
-CHART_S = 1.0
-"""The chart redraws at most this often (the numbers update every poll)."""
+POLL_S = 0.7
+"""Seconds between reads of the run's files: a new line is on screen within about this long.
+bench/monitor_cost.py weighs it: 0.5 s cost 2.8 % of a core, 0.7 s 2.0 % (a line every 100 ms)."""
+CHART_S = 0.0
+"""The chart redraws at most this often; it is cheap (see chart.py), so every poll with new points."""
+
+
+LOG_LINES = 20
+"""Log lines kept for the monitor's tail pane."""
+
+HEALTH_WINDOW = 2000
+"""The warnings look at this many latest records: recent behaviour, at a cost that does not grow
+with the length of the run."""
 
 
 def fmt_eta(seconds: Any) -> str:
@@ -31,6 +44,53 @@ def fmt_eta(seconds: Any) -> str:
     seconds = int(seconds)
     h, rest = divmod(seconds, 3600)
     return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+MAX_CHART_POINTS = 600
+"""More points than the chart has braille dots across only cost time: longer series are thinned."""
+
+
+def thin(xs: list, ys: list, limit: int = MAX_CHART_POINTS) -> tuple[list, list]:
+    """At most about `limit` points: each of limit/2 buckets keeps its lowest and highest point
+    (in step order), so a spike or a NaN-free dip still shows after thinning."""
+    if len(xs) <= limit:
+        return xs, ys
+    buckets = limit // 2
+    out_x, out_y = [], []
+    for b in range(buckets):
+        lo, hi = b * len(xs) // buckets, (b + 1) * len(xs) // buckets
+        if lo >= hi:
+            continue
+        i_min = min(range(lo, hi), key=ys.__getitem__)
+        i_max = max(range(lo, hi), key=ys.__getitem__)
+        first_or_last = {0, len(xs) - 1} & set(range(lo, hi))  # the x axis spans the whole run
+        for i in sorted({i_min, i_max} | first_or_last):
+            out_x.append(xs[i])
+            out_y.append(ys[i])
+    return out_x, out_y
+
+
+def show(widget: Static, content: Text) -> None:
+    """Update a Static only when its content changed; a new layout only when its height did."""
+    old = getattr(widget, "_ftui_shown", None)
+    if old is not None and old == content:
+        return
+    lines = content.plain.count("\n")
+    widget.update(content, layout=old is None or old.plain.count("\n") != lines)
+    widget._ftui_shown = content
+
+
+def progress_bar(step: int, total: int, width: int) -> Text:
+    """`━━━━━━━━╺━━━━━━━  51%`: done in the accent colour, the rest dim."""
+    share = max(0.0, min(1.0, step / total))
+    cells = max(10, width - 8)
+    done = round(share * cells)
+    return Text.assemble(
+        ("━" * done, "bold magenta"),
+        ("╺" if done < cells else "", "grey35"),
+        ("━" * max(0, cells - done - 1), "grey35"),
+        f" {share * 100:3.0f}%",
+    )
 
 
 def _num(value: Any, fmt: str) -> str:
@@ -44,6 +104,7 @@ class MonitorScreen(Screen):
         Binding("escape", "app.pop_screen", "back"),
         Binding("s", "stop", "stop"),
         Binding("R", "resume", "resume"),
+        Binding("l", "logs", "log"),
         Binding("q", "app.quit", "quit"),
     ]
 
@@ -61,26 +122,24 @@ class MonitorScreen(Screen):
         self.eval_losses: list[float] = []
         self.info: RunInfo | None = None
         self.chart_dirty = False
+        self.chart_drawn = 0.0
+        self.log_tail: deque[str] = deque(maxlen=LOG_LINES)
 
     def compose(self) -> ComposeResult:
         yield Static(id="mon-header")
-        yield ProgressBar(id="mon-progress", show_eta=False)
+        yield Static(id="mon-progress")
         with Horizontal(id="mon-body"):
-            yield PlotextPlot(id="mon-chart")
+            yield LineChart(title="loss by step", id="mon-chart")
             with Vertical(id="mon-side"):
                 yield Static(id="mon-stats")
                 yield Static(id="mon-memory")
         yield Static(id="mon-flags")
-        yield Log(id="mon-log", max_lines=500)
+        yield Static(id="mon-log")
         yield Footer()
 
     def on_mount(self) -> None:
-        plt = self.query_one(PlotextPlot).plt
-        plt.title("loss")
-        plt.xlabel("step")
         self.poll()
         self.set_interval(POLL_S, self.poll)
-        self.set_interval(CHART_S, self.redraw_chart)
 
     def poll(self) -> None:
         self.run_worker(self._read, thread=True, exclusive=True, group="monitor-poll")
@@ -102,10 +161,20 @@ class MonitorScreen(Screen):
                 self.eval_losses.append(r["eval_loss"])
                 self.chart_dirty = True
         if data.log_lines:
-            self.query_one(Log).write_lines(data.log_lines)
+            self.log_tail.extend(data.log_lines)
+            self.show_log_tail()
         self.refresh_numbers()
-        if data.records and len(self.steps) <= 2:
-            self.redraw_chart()  # the first points show at once
+        # In the same frame as the numbers (one repaint per poll), at most every CHART_S; the
+        # first points show at once.
+        if len(self.steps) <= 2 or time.monotonic() - self.chart_drawn >= CHART_S:
+            self.redraw_chart()
+
+    def show_log_tail(self) -> None:
+        """The newest lines of the log, cut to the width (the whole log is `l` away)."""
+        widget = self.query_one("#mon-log", Static)
+        width = max(10, widget.size.width or 80)
+        lines = [line if len(line) <= width else line[: width - 1] + "…" for line in self.log_tail]
+        show(widget, Text("\n".join(lines[-max(1, widget.size.height or LOG_LINES) :]), no_wrap=True))
 
     def refresh_numbers(self) -> None:
         info, last = self.info, (self.records[-1] if self.records else {})
@@ -118,10 +187,9 @@ class MonitorScreen(Screen):
             f"  ETA {fmt_eta(last.get('eta_s')) if state == 'running' else '-'}",
             f"  elapsed {fmt_eta(last.get('elapsed_s'))}",
         )
-        self.query_one("#mon-header", Static).update(header)
-        bar = self.query_one(ProgressBar)
-        if total:
-            bar.update(total=total, progress=step or 0)
+        show(self.query_one("#mon-header", Static), header)
+        bar = self.query_one("#mon-progress", Static)
+        show(bar, progress_bar(step or 0, total, bar.size.width) if total else Text(""))
         stats = Text.assemble(
             "loss ",
             (_num(self.losses[-1] if self.losses else None, "{:.4f}"), "bold"),
@@ -132,10 +200,10 @@ class MonitorScreen(Screen):
             f"  smp/s {_num(_latest(self.records, 'samples_per_s'), '{:,.2f}')}",
             f"\ntokens {_num(last.get('tokens'), '{:,}')}",
         )
-        self.query_one("#mon-stats", Static).update(stats)
-        self.query_one("#mon-memory", Static).update(self.memory_text())
+        show(self.query_one("#mon-stats", Static), stats)
+        show(self.query_one("#mon-memory", Static), self.memory_text())
         flags = assess(
-            self.records,
+            self.records[-HEALTH_WINDOW:],
             now=self.app.clock(),
             running=state == "running",
             gpu_util=self.gpu_util(),
@@ -144,7 +212,7 @@ class MonitorScreen(Screen):
         text = Text()
         for flag in flags:
             text.append(f" ⚠ {flag.text}\n", style="bold red" if flag.level == "error" else "yellow")
-        self.query_one("#mon-flags", Static).update(text)
+        show(self.query_one("#mon-flags", Static), text)
 
     def memory_text(self) -> Text:
         """One line per rank: reserved memory as a bar with the planned peak marked (│)."""
@@ -163,14 +231,18 @@ class MonitorScreen(Screen):
         if not self.chart_dirty:
             return
         self.chart_dirty = False
-        chart = self.query_one(PlotextPlot)
-        plt = chart.plt
-        plt.clear_data()
+        self.chart_drawn = time.monotonic()
+        chart = self.query_one(LineChart)
+        limit = max(200, 4 * chart.size.width)  # 2 braille dots per cell, a low and a high for each
+        series = []
         if self.steps:
-            plt.plot(self.steps, self.losses, label="train")
+            series.append(Series("train", *map(tuple, thin(self.steps, self.losses, limit)), "cyan"))
         if self.eval_steps:
-            plt.plot(self.eval_steps, self.eval_losses, label="eval", marker="dot")
-        chart.refresh()
+            series.append(Series("eval", *map(tuple, thin(self.eval_steps, self.eval_losses, limit)), "magenta", True))
+        chart.plot(series)
+
+    def action_logs(self) -> None:
+        self.app.push_screen(LogScreen(self.source, self.run_id))
 
     def action_stop(self) -> None:
         def done(confirmed: bool | None) -> None:

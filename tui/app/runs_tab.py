@@ -62,7 +62,16 @@ class RunsTab(Vertical):
 
     def on_mount(self) -> None:
         self.refresh_runs()
-        self.set_interval(REFRESH_S, self.refresh_runs)
+        self.set_interval(REFRESH_S, self._tick)
+
+    def _tick(self) -> None:
+        """Re-read the runs only while the list is on screen (not under the monitor, not on
+        another tab): reading every run directory is the costliest thing the app does."""
+        if self.app.screen is self.screen and self.is_on_screen:
+            self.refresh_runs()
+
+    def on_show(self) -> None:
+        self.refresh_runs()
 
     @work(thread=True, exclusive=True, group="runs")
     def refresh_runs(self) -> None:
