@@ -43,3 +43,18 @@ def fake_nvml(monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+def kill_runs(root: Path) -> None:
+    """Kill the process group of every run under `root`: a test leaves no training behind."""
+    import signal
+
+    from runner.runs import list_runs
+
+    for run in list_runs(root):
+        for launch in run.launches():
+            if launch.get("pgid"):
+                try:
+                    os.killpg(launch["pgid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from textual.widgets import Input, Select
 
 from runner.fake_nvml import FakeNvml
-from runner.runs import RunDir, list_runs
+from runner.runs import RunDir
 from runner.sources import DirRunSource, NvmlGpuSource
 from tui.app.app import FtuiApp
 from tui.app.confirm import Confirm
@@ -22,6 +20,7 @@ from tui.app.monitor import MonitorScreen
 from tui.app_cmd import launch_recipe
 
 from app_support import until
+from conftest import kill_runs
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -47,13 +46,7 @@ def runs_root(tmp_path, monkeypatch):
     monkeypatch.setenv("FTUI_RUNS_DIR", str(root))
     monkeypatch.chdir(tmp_path)
     yield root
-    for run in list_runs(root):  # leave no process behind, whatever happened
-        for launch in run.launches():
-            if launch.get("pgid"):
-                try:
-                    os.killpg(launch["pgid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+    kill_runs(root)  # leave no process behind, whatever happened
 
 
 def chart_text(monitor: MonitorScreen) -> str:

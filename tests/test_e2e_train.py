@@ -22,6 +22,8 @@ from recipes import find_recipe
 from runner.runs import RunDir, list_runs
 from tui.cli import main
 
+from conftest import kill_runs
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
@@ -33,13 +35,7 @@ QUICK = ["train.max_steps=12", "train.save_steps=6", "train.logging_steps=2"]
 def runs_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("FTUI_RUNS_DIR", str(tmp_path / "runs"))
     yield tmp_path / "runs"
-    for run in list_runs(tmp_path / "runs"):  # leave no process behind
-        for launch in run.launches():
-            if launch.get("pgid"):
-                try:
-                    os.killpg(launch["pgid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+    kill_runs(tmp_path / "runs")
 
 
 def free_port() -> int:

@@ -124,18 +124,29 @@ def alternatives_table(alts: Iterable[Alternative]):
         ("why not", "left"),
     ):
         t.add_column(col, justify=just)
+    for row in alternative_rows(alts):
+        t.add_row(*row)
+    return t
+
+
+def alternative_rows(alts) -> list[tuple[str, str, str, str, str, str]]:
+    """tuner, ZeRO stage(s), fits, GiB per GPU, tokens/s, why not: one row per alternative, with
+    the same refusal over several stages merged into one row."""
+    rows = []
     for group in merge_refusals(list(alts)):
         a, c = group[0], group[0].candidate
         stages = str(a.zero) if len(group) == 1 else f"{group[0].zero}-{group[-1].zero}"
-        t.add_row(
-            a.tuner,
-            stages,
-            "yes" if a.fits else "no",
-            f"{c.memory.required / GIB:.1f}" if c and c.refusal is None else "-",
-            f"{c.throughput.tokens_per_s:,.0f}" if c and a.fits else "-",
-            a.reason,
+        rows.append(
+            (
+                a.tuner,
+                stages,
+                "yes" if a.fits else "no",
+                f"{c.memory.required / GIB:.1f}" if c and c.refusal is None else "-",
+                f"{c.throughput.tokens_per_s:,.0f}" if c and a.fits else "-",
+                a.reason,
+            )
         )
-    return t
+    return rows
 
 
 def merge_refusals(alts: list[Alternative]) -> list[list[Alternative]]:

@@ -24,7 +24,7 @@ from planner.catalog import names
 from planner.gpus import GPUS
 from planner.setup import OFFLOADS, PRECISIONS, TUNERS
 
-from ..plan_view import merge_refusals, duration
+from ..plan_view import alternative_rows, duration
 from .plan_form import AUTO, DETECTED, Detected, PlanForm, PlanOutcome, compute
 
 GIB = 2**30
@@ -231,17 +231,8 @@ class PlannerTab(Horizontal):
             parts[1].update(self._numbers(outcome))
             parts[2].update(self._reasons(outcome))
         if rec is not None:
-            for group in merge_refusals(list(rec.alternatives)):
-                a, c = group[0], group[0].candidate
-                stages = str(a.zero) if len(group) == 1 else f"{group[0].zero}-{group[-1].zero}"
-                table.add_row(
-                    a.tuner,
-                    stages,
-                    "yes" if a.fits else "no",
-                    f"{c.memory.required / GIB:.1f}" if c and c.refusal is None else "-",
-                    f"{c.throughput.tokens_per_s:,.0f}" if c and a.fits else "-",
-                    a.reason,
-                )
+            for row in alternative_rows(rec.alternatives):
+                table.add_row(*row)
 
     def _numbers(self, outcome: PlanOutcome) -> Text:
         est = outcome.plan.estimate
