@@ -311,6 +311,56 @@ async def test_the_runs_tab_lists_runs_and_opens_one(tmp_path):
         await until(pilot, lambda: "failed" in text_of(app, "#mon-header"))
 
 
+async def test_runs_of_other_tools_are_listed_watched_and_left_alone(tmp_path):
+    """A LLaMA-Factory output dir and an ms-swift one under a watched directory: listed with their
+    tool, opened in the monitor with their loss points; stop is refused with the reason."""
+    saves = tmp_path / "saves"
+    lf = saves / "qwen-lora"
+    lf.mkdir(parents=True)
+    lf_lines = [
+        {
+            "current_steps": s,
+            "total_steps": 100,
+            "loss": 2.0 - s / 100,
+            "lr": 1e-4,
+            "epoch": s / 100,
+            "percentage": float(s),
+            "elapsed_time": f"0:00:{s:02d}",
+            "remaining_time": "0:05:00",
+        }
+        for s in (10, 20, 30)
+    ]
+    (lf / "trainer_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lf_lines))
+    swift = saves / "swift" / "v0-20260101-000000"
+    swift.mkdir(parents=True)
+    swift_line = {
+        "loss": 1.7,
+        "learning_rate": 9e-05,
+        "epoch": 0.05,
+        "global_step/max_steps": "10/200",
+        "elapsed_time": "19s",
+        "remaining_time": "6m 4s",
+    }
+    (swift / "logging.jsonl").write_text(json.dumps(swift_line) + "\n")
+    app = make_app("none", runs=DirRunSource(tmp_path / "runs", watch=(saves,)), initial_tab="runs")
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one("#runs-table", DataTable)
+        await until(pilot, lambda: table.row_count == 2, what="both foreign runs")
+        rows = {str(table.get_row_at(i)[1]): (i, [str(c) for c in table.get_row_at(i)]) for i in range(2)}
+        assert set(rows) == {"llamafactory", "swift"}, rows
+        index, cells = rows["llamafactory"]
+        assert cells[3] == "30/100" and cells[4] == "1.7000"
+        table.move_cursor(row=index)
+        await pilot.press("s")
+        await until(pilot, lambda: any("did not launch it" in n.message for n in app._notifications))
+        assert not isinstance(app.screen, Confirm)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
+        monitor = app.screen
+        await until(pilot, lambda: monitor.steps == [10, 20, 30], what="the three loss points")
+        assert "step 30/100" in text_of(app, "#mon-header")
+
+
 async def test_q_quits_without_touching_a_running_run():
     clock = Clock()
     runs = ReplayRunSource(RECORDING, clock=clock)

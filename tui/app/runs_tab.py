@@ -126,6 +126,9 @@ class RunsTab(Vertical):
         if run_id is None:
             return
         info = self.infos.get(run_id)
+        if info is not None and info.tool != "ftui":  # ask nothing: the source says why it cannot
+            self._stop(run_id)
+            return
         if info is not None and not info.active:
             self.notify(f"{run_id} is {info.state}; nothing to stop", severity="warning")
             return
