@@ -299,6 +299,7 @@ async def test_the_runs_tab_lists_runs_and_opens_one(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         table = app.query_one("#runs-table", DataTable)
         await until(pilot, lambda: table.row_count == 2, what="two runs")
+        await until(pilot, lambda: app.focused is table, what="focus on the runs table")
         cells = {str(table.get_row_at(i)[0]): [str(c) for c in table.get_row_at(i)] for i in range(2)}
         alpha = next(v for k, v in cells.items() if k.startswith("alpha"))
         assert "finished" in alpha[2] and alpha[3] == "80/80" and alpha[4] == "1.2500"
@@ -351,8 +352,11 @@ async def test_runs_of_other_tools_are_listed_watched_and_left_alone(tmp_path):
         index, cells = rows["llamafactory"]
         assert cells[3] == "30/100" and cells[4] == "1.7000"
         table.move_cursor(row=index)
+        await until(pilot, lambda: app.focused is table, what="focus on the runs table")
         await pilot.press("s")
-        await until(pilot, lambda: any("did not launch it" in n.message for n in app._notifications))
+        await until(
+            pilot, lambda: any("did not launch it" in n.message for n in app._notifications), what="the refusal"
+        )
         assert not isinstance(app.screen, Confirm)
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")

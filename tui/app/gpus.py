@@ -38,8 +38,6 @@ def _value(value, fmt: str) -> str:
 class GpuPane(Vertical):
     """A table of GPUs, or a plain panel when there is none."""
 
-    DEFAULT_CSS = ""
-
     def __init__(self, source: GpuSource, owner: Callable[[int], Owner | None] = lambda pid: None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.source = source

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-import time
 from typing import Any
 
 from rich.text import Text
@@ -26,10 +25,6 @@ from .messages import RunData
 POLL_S = 0.7
 """Seconds between reads of the run's files: a new line is on screen within about this long.
 bench/monitor_cost.py weighs it: 0.5 s cost 2.8 % of a core, 0.7 s 2.0 % (a line every 100 ms)."""
-CHART_S = 0.0
-"""The chart redraws at most this often; it is cheap (see chart.py), so every poll with new points."""
-
-
 LOG_LINES = 20
 """Log lines kept for the monitor's tail pane."""
 
@@ -122,7 +117,6 @@ class MonitorScreen(Screen):
         self.eval_losses: list[float] = []
         self.info: RunInfo | None = None
         self.chart_dirty = False
-        self.chart_drawn = 0.0
         self.log_tail: deque[str] = deque(maxlen=LOG_LINES)
 
     def compose(self) -> ComposeResult:
@@ -164,10 +158,7 @@ class MonitorScreen(Screen):
             self.log_tail.extend(data.log_lines)
             self.show_log_tail()
         self.refresh_numbers()
-        # In the same frame as the numbers (one repaint per poll), at most every CHART_S; the
-        # first points show at once.
-        if len(self.steps) <= 2 or time.monotonic() - self.chart_drawn >= CHART_S:
-            self.redraw_chart()
+        self.redraw_chart()  # in the same frame as the numbers: one repaint per poll
 
     def show_log_tail(self) -> None:
         """The newest lines of the log, cut to the width (the whole log is `l` away)."""
@@ -231,7 +222,6 @@ class MonitorScreen(Screen):
         if not self.chart_dirty:
             return
         self.chart_dirty = False
-        self.chart_drawn = time.monotonic()
         chart = self.query_one(LineChart)
         limit = max(200, 4 * chart.size.width)  # 2 braille dots per cell, a low and a high for each
         series = []

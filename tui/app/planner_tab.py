@@ -67,6 +67,12 @@ def stacked_bar(outcome: PlanOutcome, width: int) -> Text:
     return Text("\n").join([bar, legend])
 
 
+class AlternativesTable(DataTable):
+    """The setups the recommender weighed; the footer says what enter does here."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "plan this one")]
+
+
 class PlannerTab(Horizontal):
     """Model, GPUs and settings in; memory, fit, speed and alternatives out."""
 
@@ -118,7 +124,7 @@ class PlannerTab(Horizontal):
             yield Static(id="plan-bar")
             yield Static(id="plan-numbers")
             yield Static(id="plan-reasons")
-            table = DataTable(id="plan-alts", cursor_type="row", zebra_stripes=True)
+            table = AlternativesTable(id="plan-alts", cursor_type="row", zebra_stripes=True)
             table.add_columns("tuner", "ZeRO", "fits", "GiB", "tok/s", "why not")
             table.display = False
             yield table
