@@ -45,3 +45,15 @@ def make_app(scenario: str = "none", runs=None, clock=None, **kwargs) -> FtuiApp
     clock = clock or Clock()
     runs = runs if runs is not None else ReplayRunSource(RECORDING, clock=clock)
     return FtuiApp(NvmlGpuSource(FakeNvml(scenario)), runs, clock=clock, **kwargs)
+
+
+def replay_app(
+    scenario: str = "8xh100", recording=RECORDING, clock: Clock | None = None, monitor: bool = True, **kwargs
+) -> tuple[FtuiApp, ReplayRunSource, Clock]:
+    """An app on a replayed run, opened on its monitor unless `monitor` is false; the replay starts
+    at the clock's time when this is called."""
+    clock = clock or Clock()
+    runs = ReplayRunSource(recording, clock=clock)
+    if monitor:
+        kwargs.setdefault("open_run", runs.run_id)
+    return make_app(scenario, runs=runs, clock=clock, **kwargs), runs, clock

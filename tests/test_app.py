@@ -13,13 +13,12 @@ from textual.widgets import DataTable, Input, Select, Static
 
 from runner.recipe import load_recipe
 from runner.runs import new_run_dir
-from runner.sources import DirRunSource, ReplayRunSource
+from runner.sources import DirRunSource
 from tui.app.confirm import Confirm
 from tui.app.launch import LaunchScreen
 from tui.app.monitor import MonitorScreen
-from tui.demo import RECORDING
 
-from app_support import Clock, make_app, text_of, until
+from app_support import make_app, replay_app, text_of, until
 
 SIZE = (100, 34)
 
@@ -235,9 +234,7 @@ async def test_a_failed_launch_is_shown_in_the_dialog_and_the_app_keeps_running(
 
 
 async def test_the_monitor_draws_points_as_the_recording_advances():
-    clock = Clock()
-    runs = ReplayRunSource(RECORDING, clock=clock)
-    app = make_app("8xh100", runs=runs, clock=clock, open_run=runs.run_id)
+    app, runs, clock = replay_app()
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: isinstance(app.screen, MonitorScreen))
         monitor = app.screen
@@ -253,9 +250,7 @@ async def test_the_monitor_draws_points_as_the_recording_advances():
 
 
 async def test_stop_asks_first_and_only_yes_stops():
-    clock = Clock()
-    runs = ReplayRunSource(RECORDING, clock=clock)
-    app = make_app("8xh100", runs=runs, clock=clock, open_run=runs.run_id)
+    app, runs, _ = replay_app()
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: isinstance(app.screen, MonitorScreen))
         await pilot.press("s")
@@ -276,9 +271,7 @@ async def test_a_nan_loss_is_flagged(tmp_path):
     lines = [{"step": s, "total_steps": 50, "loss": 2.0 - 0.01 * s, "time": 100.0 + s} for s in range(1, 10)]
     lines.append({"step": 10, "total_steps": 50, "loss": math.nan, "time": 110.0})
     (recording / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    clock = Clock()
-    runs = ReplayRunSource(recording, clock=clock)
-    app = make_app("none", runs=runs, clock=clock, open_run=runs.run_id)
+    app, _, clock = replay_app("none", recording)
     async with app.run_test(size=SIZE) as pilot:
         clock.now += 100
         await until(pilot, lambda: "diverged" in text_of(app, "#mon-flags"), what="the NaN flag")
@@ -366,9 +359,7 @@ async def test_runs_of_other_tools_are_listed_watched_and_left_alone(tmp_path):
 
 
 async def test_q_quits_without_touching_a_running_run():
-    clock = Clock()
-    runs = ReplayRunSource(RECORDING, clock=clock)
-    app = make_app("8xh100", runs=runs, clock=clock, initial_tab="runs")
+    app, runs, _ = replay_app(monitor=False, initial_tab="runs")
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.query_one("#runs-table", DataTable).row_count == 1)
         await pilot.press("q")

@@ -12,11 +12,9 @@ import time
 import pytest
 from textual.widgets import DataTable, Input
 
-from runner.sources import ReplayRunSource
 from tui.app.monitor import MonitorScreen
-from tui.demo import RECORDING
 
-from app_support import Clock, make_app, until
+from app_support import Clock, make_app, replay_app, until
 
 SMALL, LARGE = (80, 24), (160, 50)
 
@@ -80,10 +78,8 @@ def test_planner_with_a_model(snap_compare, size):
 
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "160x50"])
 def test_monitor_on_the_recording(snap_compare, size):
-    clock = Clock()
-    runs = ReplayRunSource(RECORDING, clock=clock)
+    app, runs, clock = replay_app()
     clock.now += 60.5  # half-way through the recorded run (two minutes long)
-    app = make_app("8xh100", runs=runs, clock=clock, open_run=runs.run_id)
 
     async def caught_up(pilot):
         await until(pilot, lambda: isinstance(pilot.app.screen, MonitorScreen), what="the monitor")
@@ -98,8 +94,7 @@ def test_monitor_on_the_recording(snap_compare, size):
 
 
 def test_runs_tab(snap_compare):
-    clock = Clock(1_767_225_600.0)  # 2026-01-01 00:00 UTC
-    runs = ReplayRunSource(RECORDING, clock=clock)
+    app, _, clock = replay_app(clock=Clock(1_767_225_600.0), monitor=False)  # 2026-01-01 00:00 UTC
     clock.now += 30.5
 
     async def listed(pilot):
@@ -108,4 +103,4 @@ def test_runs_tab(snap_compare):
         await until(pilot, lambda: table.row_count == 1, what="the run listed")
         await until(pilot, lambda: pilot.app.focused is table, what="focus on the table")
 
-    assert snap_compare(make_app("8xh100", runs=runs, clock=clock), terminal_size=SMALL, run_before=listed)
+    assert snap_compare(app, terminal_size=SMALL, run_before=listed)
