@@ -120,9 +120,10 @@ class RunDir:
         data["launches"][-1].update(fields)
         write_json_atomic(self.launch_file, data)
 
-    def supervisor(self) -> tuple[int, int | None] | None:
-        """(pid, start time) of the supervisor of the latest launch on this host, if recorded."""
-        launches = self.launches()
+    def supervisor(self, launches: list[dict[str, Any]] | None = None) -> tuple[int, int | None] | None:
+        """(pid, start time) of the supervisor of the latest launch on this host, if recorded
+        (`launches`: what launch.json holds, when the caller has just read it)."""
+        launches = self.launches() if launches is None else launches
         if not launches or "pid" not in launches[-1]:
             return None
         last = launches[-1]
@@ -130,11 +131,14 @@ class RunDir:
             return None
         return int(last["pid"]), last.get("start_time")
 
-    def effective_state(self) -> str:
-        """The status, with `dead` for an active run whose supervisor is gone."""
-        state = self.status().get("state", "queued")
+    def effective_state(
+        self, status: dict[str, Any] | None = None, launches: list[dict[str, Any]] | None = None
+    ) -> str:
+        """The status, with `dead` for an active run whose supervisor is gone (`status`, `launches`:
+        status.json and launch.json as the caller has just read them)."""
+        state = (self.status() if status is None else status).get("state", "queued")
         if state in ACTIVE:
-            sup = self.supervisor()
+            sup = self.supervisor(launches)
             if sup is not None and not process_alive(*sup):
                 return "dead"
         return state

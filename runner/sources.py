@@ -136,21 +136,37 @@ class DirRunTail:
         return self.log.read()
 
 
+_PLANNED: dict[Path, tuple[int, float | None]] = {}
+
+
+def planned_peak(plan: Path) -> float | None:
+    """peak_reserved_gib from a run's plan.json, parsed again only when the file changes (the
+    monitor asks for it on every poll)."""
+    try:
+        mtime = plan.stat().st_mtime_ns
+    except OSError:
+        return None
+    cached = _PLANNED.get(plan)
+    if cached is None or cached[0] != mtime:
+        try:
+            peak = json.loads(plan.read_text()).get("per_gpu", {}).get("peak_reserved_gib")
+        except (OSError, ValueError, AttributeError):
+            peak = None
+        cached = _PLANNED[plan] = (mtime, peak)
+    return cached[1]
+
+
 def run_info(run: RunDir) -> RunInfo:
     status = run.status()
     last = last_record(run.metrics) or {}
     launches = run.launches()
-    planned = None
-    try:
-        planned = json.loads(run.plan.read_text()).get("per_gpu", {}).get("peak_reserved_gib")
-    except (OSError, ValueError):
-        pass
+    planned = planned_peak(run.plan)
     loss = last.get("loss") if last.get("loss") is not None else status.get("loss")
     pids = tuple(int(entry["pid"]) for entry in launches[-1:] if entry.get("pid"))
     return RunInfo(
         run.id,
         run.path,
-        run.effective_state(),
+        run.effective_state(status, launches),
         "ftui",
         last.get("step", status.get("step")),
         last.get("total_steps", status.get("total_steps")),
@@ -335,10 +351,7 @@ class ReplayRunSource:
         last = shown[-1] if shown else {}
         done = len(shown) == len(self.records)
         state = "stopped" if self.stopped else ("finished" if done else "running")
-        planned = None
-        plan = self.recording / "plan.json"
-        if plan.exists():
-            planned = json.loads(plan.read_text()).get("per_gpu", {}).get("peak_reserved_gib")
+        planned = planned_peak(self.recording / "plan.json")
         losses = [r["loss"] for r in shown if r.get("loss") is not None]
         return RunInfo(
             self.run_id,
