@@ -381,3 +381,21 @@ def test_bare_ftui_without_a_terminal_says_what_to_use_instead(capsys):
     code = main([])
     err = capsys.readouterr().err
     assert code == 2 and "needs a terminal" in err and "ftui runs --json" in err
+
+
+async def test_nvml_memory_reaches_the_monitor_for_ranked_and_single_process_runs():
+    from runner.nvml import GpuProcess, GpuSnapshot
+
+    app = make_app("none")
+    async with app.run_test(size=SIZE):
+        pane = app.gpu_pane
+        gib = 2**30
+        pane.gpus = [
+            GpuSnapshot(0, "H100", "u0", 80 * gib, 30 * gib, 90, 60, 500.0, 700.0, (GpuProcess(11, 20 * gib),)),
+            GpuSnapshot(1, "H100", "u1", 80 * gib, 30 * gib, 90, 60, 500.0, 700.0, (GpuProcess(12, 21 * gib),)),
+            GpuSnapshot(2, "H100", "u2", 80 * gib, 30 * gib, 90, 60, 500.0, 700.0, (GpuProcess(13, 9 * gib),)),
+        ]
+        pane.owners = {11: ("ddp", 0), 12: ("ddp", 1), 13: ("single", None)}
+        assert app.gpu_used("ddp") == {"0": 20.0, "1": 21.0}
+        assert app.gpu_used("single") == {"0": 9.0}  # no RANK in its environment: rank 0
+        assert app.gpu_used("other") == {}

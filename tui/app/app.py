@@ -148,6 +148,7 @@ class FtuiApp(App):
         for g in pane.gpus:
             for p in g.processes:
                 owner = pane.owners.get(p.pid)
-                if owner and owner[0] == run_id and owner[1] is not None and p.used_bytes is not None:
-                    out[str(owner[1])] = p.used_bytes / 2**30
+                if owner and owner[0] == run_id and p.used_bytes is not None:
+                    # a single-process run has no RANK in its environment: it is rank 0
+                    out[str(owner[1] if owner[1] is not None else 0)] = p.used_bytes / 2**30
         return out
