@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recipes import find_recipe  # noqa: E402
-from runner.runs import new_run_dir  # noqa: E402
+from runner.rundir.runs import new_run_dir  # noqa: E402
 
 WRITER = r"""
 import json, sys, time

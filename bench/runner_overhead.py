@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recipes import find_recipe  # noqa: E402
-from runner.runs import RunDir  # noqa: E402
+from runner.rundir.runs import RunDir  # noqa: E402
 
 WARMUP = 20
 LOG_EVERY = 10
@@ -35,8 +35,8 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
-from runner.recipe import load_recipe
-from runner.train_data import build_datasets, make_collator
+from runner.recipe.schema import load_recipe
+from runner.train.data import build_datasets, make_collator
 recipe = load_recipe({recipe!r})
 tok = AutoTokenizer.from_pretrained(recipe.model.path)
 model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(recipe.model.path))

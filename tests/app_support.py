@@ -7,8 +7,9 @@ import asyncio
 
 from textual.widgets import Static
 
-from runner.fake_nvml import FakeNvml
-from runner.sources import NvmlGpuSource, ReplayRunSource
+from runner.machine.fake_nvml import FakeNvml
+from runner.watch.replay import ReplayRunSource
+from runner.watch.sources import NvmlGpuSource
 from tui.app.app import FtuiApp
 from tui.demo import RECORDING
 

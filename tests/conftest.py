@@ -28,10 +28,10 @@ def _no_real_nvml(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
 
 @pytest.fixture
 def fake_nvml(monkeypatch: pytest.MonkeyPatch):
-    """Factory: `fake_nvml("8xh100")` makes runner.nvml see that runner.fake_nvml scenario."""
+    """Factory: `fake_nvml("8xh100")` makes runner.machine.nvml see that runner.machine.fake_nvml scenario."""
 
     def use(scenario: str) -> str:
-        from runner.fake_nvml import FakeNvml
+        from runner.machine.fake_nvml import FakeNvml
 
         FakeNvml(scenario)  # unknown scenario names fail here, not deep inside the code under test
         monkeypatch.setenv(FAKE_NVML_ENV, scenario)
@@ -49,7 +49,7 @@ def kill_runs(root: Path) -> None:
     """Kill the process group of every run under `root`: a test leaves no training behind."""
     import signal
 
-    from runner.runs import list_runs
+    from runner.rundir.runs import list_runs
 
     for run in list_runs(root):
         for launch in run.launches():

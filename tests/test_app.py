@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
-from runner.recipe import load_recipe
-from runner.runs import new_run_dir
-from runner.sources import DirRunSource
+from runner.recipe.schema import load_recipe
+from runner.rundir.runs import new_run_dir
+from runner.watch.sources import DirRunSource
 from tui.app.confirm import Confirm
 from tui.app.launch import LaunchScreen
 from tui.app.monitor import MonitorScreen
@@ -384,7 +384,7 @@ def test_bare_ftui_without_a_terminal_says_what_to_use_instead(capsys):
 
 
 async def test_nvml_memory_reaches_the_monitor_for_ranked_and_single_process_runs():
-    from runner.nvml import GpuProcess, GpuSnapshot
+    from runner.machine.nvml import GpuProcess, GpuSnapshot
 
     app = make_app("none")
     async with app.run_test(size=SIZE):

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Select
 
-from runner.fake_nvml import FakeNvml
-from runner.runs import RunDir
-from runner.sources import DirRunSource, NvmlGpuSource
+from runner.machine.fake_nvml import FakeNvml
+from runner.rundir.runs import RunDir
+from runner.watch.sources import DirRunSource, NvmlGpuSource
 from tui.app.app import FtuiApp
 from tui.app.confirm import Confirm
 from tui.app.launch import LaunchScreen

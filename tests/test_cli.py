@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from runner.fake_nvml import FakeNvml
-from runner.nvml import NoGpu, NvmlReader
+from runner.machine.fake_nvml import FakeNvml
+from runner.machine.nvml import NoGpu, NvmlReader
 from tui.cli import main
 
 PER_GPU_KEYS = {

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from recipes import find_recipe
-from runner.runs import RunDir, list_runs
+from runner.rundir.runs import RunDir, list_runs
 from tui.cli import main
 
 from conftest import kill_runs
@@ -283,8 +283,8 @@ def test_dry_run_prints_the_resolved_recipe_and_the_data_and_starts_nothing(caps
 
 
 def test_a_plan_that_does_not_fit_is_refused_unless_forced(capsys, runs_dir, monkeypatch):
-    from runner import lifecycle
-    from runner.resolve import Machine
+    from runner.launch import lifecycle
+    from runner.recipe.resolve import Machine
 
     t4 = Machine(gpu_names=("Tesla T4",), gpu_memory_mib=15360, host_ram_bytes=64 * 2**30)
     monkeypatch.setattr(lifecycle, "detect_machine", lambda: t4)
@@ -306,7 +306,7 @@ def test_the_shipped_recipes_are_listed_and_shown(capsys):
 
 
 def test_deepspeed_stop_and_resume_keeps_every_ranks_shards(capsys, runs_dir):
-    from runner.checkpoints import inspect_checkpoint
+    from runner.rundir.checkpoints import inspect_checkpoint
 
     sets = [
         "distributed.gpus=2",

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from runner import foreign
-from runner.foreign import ForeignRun, ForeignTail, info, parse_duration, records, scan
-from runner.runs import RunError, new_run_dir
-from runner.sources import DirRunSource
+from runner.watch import foreign
+from runner.watch.foreign import ForeignRun, ForeignTail, info, parse_duration, records, scan
+from runner.rundir.runs import RunError, new_run_dir
+from runner.watch.sources import DirRunSource
 
 # --- the files, as each tool writes them ---------------------------------------------------------------------------
 
@@ -402,8 +402,8 @@ def test_dir_run_source_rescans_at_most_every_ten_seconds(tmp_path):
 
 def test_importing_foreign_pulls_in_no_heavy_module():
     heavy = ("torch", "transformers", "textual")
-    code = f"import sys, runner.foreign; print(','.join(m for m in {heavy!r} if m in sys.modules))"
-    repo = Path(foreign.__file__).resolve().parent.parent
+    code = f"import sys, runner.watch.foreign; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    repo = Path(foreign.__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.from_plan import model_reference, recipe_from_plan, recipe_text
-from runner.recipe import RecipeError, load_recipe
+from runner.recipe.from_plan import model_reference, recipe_from_plan, recipe_text
+from runner.recipe.schema import RecipeError, load_recipe
 from tui.app.plan_form import PlanForm, compute
 
 REPO = Path(__file__).resolve().parent.parent

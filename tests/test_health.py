@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from runner.health import (
+from runner.watch.health import (
     OVER_PLAN,
     SPIKE,
     STALL_MIN_S,

@@ -1,4 +1,4 @@
-"""runner.launch: pure argv/env/config builders (asserted on the lists) and one real detached spawn."""
+"""runner.launch.build: pure argv/env/config builders (asserted on the lists) and one real detached spawn."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.launch import (
+from runner.launch.build import (
     ENTRY_MODULE,
     PACKAGE_ROOT,
     LaunchPlan,
@@ -24,8 +24,9 @@ from runner.launch import (
     deepspeed_config,
     spawn_detached,
 )
-from runner.recipe import Recipe, parse_recipe
-from runner.resolve import Machine, RunSettings, resolve
+from runner.recipe.schema import Recipe, parse_recipe
+from runner.rundir.runs import RunDir
+from runner.recipe.resolve import Machine, RunSettings, resolve
 
 PY = "/opt/venv/bin/python"
 RUN = Path("/srv/runs/demo-001")
@@ -496,7 +497,7 @@ def test_plan_from_a_resolved_recipe():
 
 def test_importing_launch_loads_no_training_library():
     code = (
-        "import sys, runner.launch; print(','.join(m for m in ('torch', 'deepspeed', 'accelerate', "
+        "import sys, runner.launch.build; print(','.join(m for m in ('torch', 'deepspeed', 'accelerate', "
         "'transformers') if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=60)
@@ -564,7 +565,7 @@ def test_spawned_run_outlives_the_process_that_started_it(tmp_path):
     starter = textwrap.dedent(f"""\
         import sys
         from pathlib import Path
-        from runner.launch import LaunchPlan, spawn_detached
+        from runner.launch.build import LaunchPlan, spawn_detached
         plan = LaunchPlan(argv=(sys.executable, "-c", {CHILD!r}, {str(marker)!r}, "1.5"), launcher="python")
         pid, pgid = spawn_detached(plan, Path({str(tmp_path / "run")!r}))
         print(pid, pgid)
@@ -585,3 +586,52 @@ def test_spawn_failure_says_where_to_look(tmp_path):
     with pytest.raises(OSError, match="train.log"):
         spawn_detached(plan, tmp_path / "run")
     assert "no-such-python" in (tmp_path / "run" / "train.log").read_text()
+
+
+# --- entry modules ---------------------------------------------------------------------------
+
+PRE_WING_LAUNCH = {
+    "launches": [
+        {
+            "argv": ["/usr/bin/python3", "-m", "runner.train", "--run-dir", "/runs/tiny-demo-1"],
+            "env": {"PYTHONUNBUFFERED": "1"},
+            "launcher": "python",
+            "resume_from": None,
+            "host": "node-1",
+            "created": 1764000000.0,
+            "pid": 4242,
+            "pgid": 4242,
+            "start_time": 123,
+        }
+    ]
+}
+"""launch.json as ftui wrote it before runner/ was split into wings (runner/train.py was a module)."""
+
+
+@pytest.mark.parametrize(
+    ("module", "prog"), [(ENTRY_MODULE, "python -m runner.train"), ("runner.launch.supervise", "supervise")]
+)
+def test_every_python_m_entry_runs_under_its_path_from_any_directory(tmp_path, module, prog):
+    # The launchers start these by module name, from the run's cwd with PACKAGE_ROOT on PYTHONPATH.
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert prog in proc.stdout and "--run-dir" in proc.stdout
+    assert "torch" not in proc.stderr
+
+
+def test_a_launch_record_from_before_the_wings_names_a_module_that_still_runs(tmp_path):
+    # Resume rebuilds the argv from the recipe; the old record's module must still be the entry point
+    # (the supervisor's module was never recorded), so `ftui resume` of an old run directory needs nothing.
+    run = tmp_path / "tiny-demo-1"
+    run.mkdir()
+    (run / "launch.json").write_text(json.dumps(PRE_WING_LAUNCH))
+    argv = RunDir(run).launches()[-1]["argv"]
+    module = argv[argv.index("-m") + 1]
+    assert module == ENTRY_MODULE
+    for launcher in ("python", "torchrun", "accelerate"):
+        settings = make(launcher=launcher, gpus_per_node=1 if launcher == "python" else 2)
+        new = plan_for(settings, resume_from=str(run / "checkpoints" / "checkpoint-6"))
+        assert list(new.argv[-6:-2]) == ["-m", module, "--run-dir", str(RUN)]

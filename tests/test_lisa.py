@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from recipes import RECIPES_DIR  # noqa: E402
-from runner.train_callbacks import LisaCallback, decoder_layers  # noqa: E402
+from runner.train.callbacks import LisaCallback, decoder_layers  # noqa: E402
 
 
 def tiny_model(layers: int = 4):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from recipes import find_recipe, header, shipped
-from runner.recipe import AUTO, RecipeError, apply_overrides, dump_recipe, load_recipe, parse_recipe, validate
-from runner.resolve import Machine, resolve, verdict
+from runner.recipe.schema import AUTO, RecipeError, apply_overrides, dump_recipe, load_recipe, parse_recipe, validate
+from runner.recipe.resolve import Machine, resolve, verdict
 
 MINIMAL = """\
 model:

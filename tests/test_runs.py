@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.checkpoints import inspect_checkpoint, newest_complete
-from runner.metrics import MetricsTail, last_record
-from runner.runs import (
+from runner.rundir.checkpoints import inspect_checkpoint, newest_complete
+from runner.rundir.metrics import MetricsTail, last_record
+from runner.rundir.runs import (
     RunDir,
     RunError,
     find_run,
@@ -25,7 +25,7 @@ from runner.runs import (
     read_json,
     request_stop,
 )
-from runner.supervise import last_error_line
+from runner.launch.supervise import last_error_line
 
 
 def make_run(root: Path, name: str = "demo", state: str | None = None) -> RunDir:

@@ -13,16 +13,10 @@ from typing import Callable
 
 import pytest
 
-from runner.runs import RunDir, new_run_dir, process_start_time
-from runner.sources import (
-    DirRunSource,
-    DirRunTail,
-    FileLogTail,
-    ReplayRunSource,
-    RunInfo,
-    merge_runs,
-    run_info,
-)
+from runner.rundir.runs import RunDir, new_run_dir, process_start_time
+from runner.watch.info import FileLogTail, RunInfo
+from runner.watch.replay import ReplayRunSource
+from runner.watch.sources import DirRunSource, DirRunTail, merge_runs, run_info
 from tui.demo import RECORDING
 
 # The environment this test process was started with, before any test changes os.environ (see the

@@ -1,5 +1,6 @@
-"""The training data pipeline (runner.train_data) with the shipped tiny tokenizer: loaders, formats,
-answer-only labels, overlong samples, packing, evaluation splits, the collator, the dry-run check."""
+"""The data pipeline (runner.data, and runner.train.data in the training process) with the shipped
+tiny tokenizer: loaders, formats, answer-only labels, overlong samples, packing, evaluation splits,
+the collator, the dry-run check."""
 
 from __future__ import annotations
 
@@ -12,19 +13,16 @@ import pytest
 pytest.importorskip("datasets")
 transformers = pytest.importorskip("transformers")
 
-from runner.recipe import DatasetSection  # noqa: E402
-from runner.train_data import (  # noqa: E402
+from runner.data.check import check_dataset  # noqa: E402
+from runner.data.records import DataError, detect_format, load_records, resolve_format  # noqa: E402
+from runner.recipe.schema import DatasetSection  # noqa: E402
+from runner.train.data import (  # noqa: E402
     FALLBACK_CHAT_TEMPLATE,
     IGNORE_INDEX,
-    DataError,
     build_datasets,
-    check_dataset,
-    detect_format,
     encode_chats,
-    load_records,
     make_collator,
     pack,
-    resolve_format,
 )
 
 TINY = Path(__file__).resolve().parent.parent / "recipes" / "tiny"

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from runner.runs import RunError, default_runs_dir, find_run
+from runner.rundir.runs import RunError, default_runs_dir, find_run
 
 from .errors import CliError
 
@@ -67,15 +67,15 @@ def _needs_terminal() -> None:
 
 def launch_recipe(recipe: Path) -> Path:
     """The app's launcher: `ftui train RECIPE`, detached; returns the new run directory."""
-    from runner.lifecycle import start_run
+    from runner.launch.lifecycle import start_run
 
     return start_run(recipe, []).run.path
 
 
 def run_app(args: argparse.Namespace, open_run: str | None = None, extra_watch: list[Path] | None = None) -> int:
     _needs_terminal()
-    from runner.host import host_ram_bytes
-    from runner.sources import DirRunSource, NvmlGpuSource
+    from runner.machine.host import host_ram_bytes
+    from runner.watch.sources import DirRunSource, NvmlGpuSource
 
     from .app.app import FtuiApp
 
@@ -97,8 +97,9 @@ def run_app(args: argparse.Namespace, open_run: str | None = None, extra_watch: 
 
 
 def _run_demo() -> int:
-    from runner.fake_nvml import FakeNvml
-    from runner.sources import NvmlGpuSource, ReplayRunSource
+    from runner.machine.fake_nvml import FakeNvml
+    from runner.watch.replay import ReplayRunSource
+    from runner.watch.sources import NvmlGpuSource
 
     from .app.app import FtuiApp
     from .demo import RECORDING
@@ -115,7 +116,7 @@ def run_monitor(args: argparse.Namespace) -> int:
         run = find_run(args.run_ref, [root])
     except RunError as err:
         if ref.is_dir():  # another tool's output directory
-            from runner.sources import DirRunSource
+            from runner.watch.sources import DirRunSource
 
             watch = tuple(p.expanduser().resolve() for p in [*args.watch, ref])
             foreign = [r for r in DirRunSource(root, watch=watch).runs() if r.tool != "ftui"]

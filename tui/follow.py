@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from runner.runs import ACTIVE, RunDir
+from runner.rundir.runs import ACTIVE, RunDir
 
 
 def follow_log(run: RunDir, poll_s: float = 0.25, from_start: bool = True) -> int:

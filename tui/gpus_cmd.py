@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from runner.nvml import GpuSnapshot, NoGpu, local_gpus
+from runner.machine.nvml import GpuSnapshot, NoGpu, local_gpus
 
 EPILOG = """examples:
   ftui gpus            table of GPUs, memory, utilisation, temperature, power, processes

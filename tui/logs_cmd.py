@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from runner.runs import RunError, default_runs_dir, find_run
+from runner.rundir.runs import RunError, default_runs_dir, find_run
 
 from . import follow
 from .errors import CliError

@@ -11,8 +11,8 @@ from planner.catalog import entries
 from planner.dataset_stats import DatasetError, dataset_stats
 from planner.gpus import GPUS, GpuSpec, match_nvml_name
 from planner.setup import ATTENTIONS, OFFLOADS, OPTIMIZERS, PRECISIONS, QUANTS, TUNERS
-from runner.host import host_ram_bytes
-from runner.nvml import NoGpu, local_gpus
+from runner.machine.host import host_ram_bytes
+from runner.machine.nvml import NoGpu, local_gpus
 
 from . import plan_view
 from .errors import CliError

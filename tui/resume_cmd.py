@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runner.lifecycle import resume_run
-from runner.recipe import RecipeError
-from runner.runs import RunError
+from runner.launch.lifecycle import resume_run
+from runner.recipe.schema import RecipeError
+from runner.rundir.runs import RunError
 
 from . import follow
 from .errors import CliError

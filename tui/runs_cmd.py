@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from runner.metrics import last_record
-from runner.runs import RunDir, default_runs_dir, list_runs
+from runner.rundir.metrics import last_record
+from runner.rundir.runs import RunDir, default_runs_dir, list_runs
 
 EPILOG = """examples:
   ftui runs                    runs under ./runs (or $FTUI_RUNS_DIR)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runner.runs import RunError, request_stop
+from runner.rundir.runs import RunError, request_stop
 
 from .errors import CliError
 from .logs_cmd import locate

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from recipes import find_recipe
-from runner.lifecycle import PlanRefused, check_data, prepare, start_run
-from runner.recipe import RecipeError, dump_recipe
-from runner.resolve import verdict
+from runner.launch.lifecycle import PlanRefused, check_data, prepare, start_run
+from runner.recipe.schema import RecipeError, dump_recipe
+from runner.recipe.resolve import verdict
 
 from . import follow
 from .errors import CliError

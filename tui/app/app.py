@@ -1,6 +1,6 @@
 """The ftui app: GPUs, planner and runs tabs; a run monitor pushed on top.
 
-It takes its data sources and clock as arguments (runner.sources), so the same app shows live
+It takes its data sources and clock as arguments (runner.watch.sources), so the same app shows live
 NVML and run directories, a fake NVML scenario, or a recorded run replayed for tests and demos.
 """
 
@@ -15,7 +15,7 @@ from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.widgets import Footer, TabbedContent, TabPane
 
-from runner.sources import GpuSource, RunSource
+from runner.watch.info import GpuSource, RunSource
 
 from .gpus import GpuPane
 from .launch import Launcher, LaunchScreen

@@ -9,10 +9,11 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from runner.nvml import GpuSnapshot, NoGpu
-from runner.sources import GpuSource, process_user
+from runner.machine.nvml import GpuSnapshot, NoGpu
+from runner.watch.info import GpuSource
+from runner.watch.sources import process_user
 
-from .messages import GpusUpdated
+from .messages import GpusUpdated, on_top
 
 GIB = 2**30
 Owner = tuple[str, "int | None"]
@@ -89,7 +90,7 @@ class GpuPane(Vertical):
         """A poll's answer (the app hands it over): keep it, and show it when on top."""
         self.gpus, self.error, self.owners, self.users = message.gpus, message.error, message.owners, message.users
         self.seen.update({g.index: g for g in message.gpus})
-        if self.app.screen is not self.screen:
+        if not on_top(self):
             return  # under the monitor: keep the numbers (it reads them), paint when back on top
         note = self.query_one("#gpu-message", Static)
         table = self.query_one("#gpu-table", DataTable)

@@ -16,8 +16,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 from textual.worker import get_current_worker
 
-from runner.from_plan import recipe_from_plan, recipe_text
-from runner.recipe import Recipe, RecipeError
+from runner.recipe.from_plan import recipe_from_plan, recipe_text
+from runner.recipe.schema import Recipe, RecipeError
 
 from .plan_form import PlanOutcome
 

@@ -7,7 +7,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Log, Static
 
-from runner.sources import RunSource
+from runner.watch.info import RunSource
 
 POLL_S = 0.5
 

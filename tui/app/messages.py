@@ -1,4 +1,4 @@
-"""Messages workers post to the app (workers never touch widgets)."""
+"""Messages workers post to the app (workers never touch widgets), and when a widget may paint them."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from textual.message import Message
+from textual.widget import Widget
 
-from runner.nvml import GpuSnapshot
+from runner.machine.nvml import GpuSnapshot
 
 
 class GpusUpdated(Message):
@@ -44,3 +45,10 @@ class OpenRun(Message):
     def __init__(self, run_id: str) -> None:
         super().__init__()
         self.run_id = run_id
+
+
+def on_top(widget: Widget) -> bool:
+    """The widget's screen is the app's current one; False while the app is shutting down (no
+    screens left), when a poll's late answer must not paint."""
+    stack = widget.app.screen_stack
+    return bool(stack) and stack[-1] is widget.screen

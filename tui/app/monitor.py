@@ -14,8 +14,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from runner.health import assess
-from runner.sources import RunInfo, RunSource
+from runner.watch.health import assess
+from runner.watch.info import RunInfo, RunSource
 
 from .chart import LineChart, Series
 from .confirm import Confirm

@@ -15,10 +15,10 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from runner.sources import RunInfo, RunSource
+from runner.watch.info import RunInfo, RunSource
 
 from .confirm import Confirm
-from .messages import OpenRun
+from .messages import OpenRun, on_top
 from .monitor import fmt_eta, state_style
 
 REFRESH_S = 2.0
@@ -67,7 +67,7 @@ class RunsTab(Vertical):
     def _tick(self) -> None:
         """Re-read the runs only while the list is on screen (not under the monitor, not on
         another tab): reading every run directory is the costliest thing the app does."""
-        if self.app.screen is self.screen and self.is_on_screen:
+        if on_top(self) and self.is_on_screen:
             self.refresh_runs()
 
     def on_show(self) -> None:

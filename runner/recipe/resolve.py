@@ -13,11 +13,11 @@ from typing import Any
 from planner import Cluster, Setup, SetupError, UnknownModel, evaluate_setup, generic_gpu, resolve_model
 from planner.catalog import ModelEntry
 from planner.gpus import match_nvml_name
+from planner.memory import estimate
 from planner.plan import Estimate
 from planner.recommend import LEARNING_RATES, fits_with_headroom, largest_fitting
-from planner.memory import estimate
 
-from .recipe import AUTO, Recipe, RecipeError, validate
+from .schema import AUTO, Recipe, RecipeError, validate
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class Machine:
 
 def detect_machine() -> Machine:
     """The local GPUs (NVML) and host RAM; no GPUs when NVML is unusable."""
-    from .host import host_ram_bytes
-    from .nvml import NoGpu, local_gpus
+    from runner.machine.host import host_ram_bytes
+    from runner.machine.nvml import NoGpu, local_gpus
 
     try:
         gpus = local_gpus()

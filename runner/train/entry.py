@@ -3,8 +3,8 @@
 Every process of a run executes this (under torchrun, accelerate or the deepspeed launcher). It
 reads the resolved recipe from the run directory and trains with HF Trainer: full fine-tuning,
 freeze (top K layers), LoRA/DoRA and QLoRA through peft and bitsandbytes, LISA through a callback.
-Rank 0 appends metrics.jsonl and keeps status.json current. With runner.train_data and
-runner.train_callbacks, this is the only code that imports torch.
+Rank 0 appends metrics.jsonl and keeps status.json current. With the rest of runner.train
+(callbacks, data), this is the only code that imports torch.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .recipe import Recipe, load_recipe
-from .runs import RunDir
+from runner.recipe.schema import Recipe, load_recipe
+from runner.rundir.runs import RunDir
 
 ATTN = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}
 OPTIM = {
@@ -122,7 +122,7 @@ def apply_tuner(model, recipe: Recipe):
 
 
 def freeze_all_but_top(model, k: int):
-    from .train_callbacks import decoder_layers
+    from .callbacks import decoder_layers
 
     for p in model.parameters():
         p.requires_grad_(False)
@@ -213,8 +213,8 @@ def _checkpointing(on: bool) -> dict[str, Any]:
 def build_trainer(recipe: Recipe, run: RunDir):
     from transformers import AutoTokenizer, Trainer, set_seed
 
-    from .train_callbacks import LisaCallback, MetricsCallback, StopCallback, TokenCounter, trainable_summary
-    from .train_data import build_datasets, make_collator
+    from .callbacks import LisaCallback, MetricsCallback, StopCallback, TokenCounter, trainable_summary
+    from .data import build_datasets, make_collator
 
     set_seed(recipe.train.seed)
     tokenizer = AutoTokenizer.from_pretrained(
@@ -249,7 +249,7 @@ def build_trainer(recipe: Recipe, run: RunDir):
 
 
 def train(run: RunDir, resume_from: str | None) -> int:
-    from .train_callbacks import write_final_status
+    from .callbacks import write_final_status
 
     recipe = load_recipe(run.recipe)
     trainer = build_trainer(recipe, run)
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train(run, args.resume_from)
     except Exception as err:  # the traceback goes to train.log; status.json gets the one-line reason
-        from .train_data import DataError
+        from runner.data.records import DataError
 
         if isinstance(err, DataError):
             print(f"error: {err}", file=sys.stderr, flush=True)  # says file, record and what to do
@@ -291,7 +291,3 @@ def main(argv: list[str] | None = None) -> int:
         if rank() == 0:
             run.set_status("failed", last_error=f"{type(err).__name__}: {err}"[:500])
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.report import estimate_json
+from runner.data.check import check_dataset
+from runner.data.records import DataError
+from runner.recipe.resolve import Machine, RunSettings, detect_machine, resolve, verdict
+from runner.recipe.schema import AUTO, Recipe, RecipeError, apply_overrides, dump_recipe, load_recipe
+from runner.rundir.checkpoints import newest_complete
+from runner.rundir.runs import ACTIVE, RunDir, RunError, default_runs_dir, new_run_dir, process_start_time
 
-from .checkpoints import newest_complete
-from .launch import LaunchPlan, build_launch, spawn_detached
-from .recipe import AUTO, Recipe, RecipeError, apply_overrides, dump_recipe, load_recipe
-from .resolve import Machine, RunSettings, detect_machine, resolve, verdict
-from .runs import ACTIVE, RunDir, RunError, default_runs_dir, new_run_dir, process_start_time
+from .build import LaunchPlan, build_launch, spawn_detached
 
 
 class PlanRefused(RuntimeError):
@@ -50,8 +52,6 @@ def prepare(recipe_path: Path, overrides: list[str], machine: Machine | None = N
 
 def check_data(settings: RunSettings) -> dict:
     """Load the data set once here, so a bad file fails at launch rather than in the log."""
-    from .train_data import DataError, check_dataset  # loaders only; no torch
-
     recipe = settings.recipe
     try:
         return check_dataset(settings.resolved_recipe().dataset, recipe.base_dir())
@@ -113,7 +113,7 @@ def _launch(run: RunDir, settings: RunSettings, resume_from: str | None, python:
     )
     run.set_status("queued", exit_code=None, last_error="")
     supervisor = LaunchPlan(
-        argv=(python, "-m", "runner.supervise", "--run-dir", str(run.path)),
+        argv=(python, "-m", "runner.launch.supervise", "--run-dir", str(run.path)),
         env=plan.env,
         files=plan.files,
         launcher=plan.launcher,

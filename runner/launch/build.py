@@ -84,10 +84,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:
-    from .resolve import RunSettings
+    from runner.recipe.resolve import RunSettings
 
 ENTRY_MODULE = "runner.train"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 """The directory holding the `runner` package: the child's cwd and the head of its PYTHONPATH."""
 LAUNCHERS = ("python", "torchrun", "accelerate", "deepspeed")
 

@@ -3,7 +3,7 @@
 A recipe is a handful of sections with scalar keys (`model`, `dataset`, `tuner`, `lora`,
 `qlora`, `lisa`, `freeze`, `train`, `distributed`, `output`). Unknown keys and wrong types are
 errors that name the file and line; `--set section.key=value` overrides are parsed like YAML
-values and reported by the flag that set them. Values may be `auto`: `resolve` (runner.resolve)
+values and reported by the flag that set them. Values may be `auto`: `resolve` (runner.recipe.resolve)
 fills them from the planner and the machine.
 """
 

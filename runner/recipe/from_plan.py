@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import yaml
+
 from planner import Cluster, Setup
 from planner.catalog import ModelEntry
 
-import yaml
-
-from .recipe import AUTO, Recipe, apply_overrides, to_dict, validate
+from .schema import AUTO, Recipe, apply_overrides, to_dict, validate
 
 TUNER_SECTIONS = {"lora": ("lora",), "qlora": ("lora", "qlora"), "lisa": ("lisa",), "freeze": ("freeze",)}
 """The tuner sections a recipe needs; the others are left out of the file (defaults apply)."""

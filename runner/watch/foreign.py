@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .metrics import MetricsTail
-from .runs import is_run_dir
-from .sources import FileLogTail, RunInfo
+from runner.rundir.metrics import MetricsTail
+from runner.rundir.runs import is_run_dir
+
+from .info import FileLogTail, RunInfo
 
 LOGS = (("trainer_log.jsonl", "llamafactory"), ("logging.jsonl", "swift"))
 """jsonl logs that mark a run directory, with the tool that writes each (checked before trainer_state.json, which

@@ -1,6 +1,6 @@
-"""The supervisor of one launch: `python -m runner.supervise --run-dir DIR`.
+"""The supervisor of one launch: `python -m runner.launch.supervise --run-dir DIR`.
 
-It is started detached (its own session and process group, see runner.launch.spawn_detached),
+It is started detached (its own session and process group, see runner.launch.build.spawn_detached),
 runs the launcher command recorded in launch.json in the same process group, waits for it, and
 records how the run ended in status.json: finished, stopped (after a graceful stop request) or
 failed (exit code and the last error line of train.log). Killing the whole group (second `ftui
@@ -20,7 +20,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from .runs import RunDir
+from runner.rundir.runs import RunDir
 
 ERROR_LINE = re.compile(r"(^\w*(Error|Exception)\b.*|CUDA out of memory.*|Killed.*|.*\bFATAL\b.*|^error: .*)")
 
@@ -69,7 +69,7 @@ def _record_end(run: RunDir, code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runner.supervise")
+    parser = argparse.ArgumentParser(prog="python -m runner.launch.supervise")
     parser.add_argument("--run-dir", required=True, type=Path)
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

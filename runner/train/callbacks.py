@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from .runs import RunDir
+from runner.rundir.runs import RunDir
 
 GIB = 2**30
 
@@ -81,7 +81,7 @@ class MetricsCallback(TrainerCallback):
 
     def _resumed_tokens(self) -> int:
         """Tokens trained before a resume (from the last metrics record), so the count continues."""
-        from .metrics import last_record
+        from runner.rundir.metrics import last_record
 
         return int((last_record(self.run.metrics) or {}).get("tokens") or 0)
 

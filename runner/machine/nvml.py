@@ -131,7 +131,7 @@ class NvmlReader:
 
 
 FAKE_ENV = "FTUI_FAKE_NVML"
-"""Set to a scenario name of runner.fake_nvml (none, 1xa100, 8xh100, vanishing) for demos and tests."""
+"""Set to a scenario name of runner.machine.fake_nvml (none, 1xa100, 8xh100, vanishing) for demos and tests."""
 
 
 def default_binding() -> Any:
