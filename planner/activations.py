@@ -50,15 +50,25 @@ class BlockActivations:
     transient: float
     """Peak extra bytes per token while this block's backward runs (gradients of activations)."""
     transient_scores: float = 0.0
+    saved_const: float = 0.0
+    """Bytes kept per block whatever the token count (DoRA's 16-bit weight copies)."""
+    mlp_saved: float = 0.0
+    """Of `saved`, what the MLP half keeps (freed once the MLP's backward is done)."""
+    attn_transient: float = 0.0
+    """Per token while the attention core runs backward: the gradients of q, k, v and the output."""
+    attn_transient_scores: float = 0.0
+    """Eager attention backward, per token per key: the kept fp32 softmax, the fp32 gradient of the
+    probabilities and softmax's input gradient (12 B per head)."""
 
 
 def _norm_saved(arch: Architecture, trainable: bool, p: Precision, width: int | None = None) -> float:
     # RMSNorm/LayerNorm keep an fp32 view of their input (4 B) plus the fp32 rsqrt/mean per row;
-    # a trained RMSNorm weight also needs the normalised input (compute dtype; fp32 for Gemma).
+    # a trained RMSNorm weight also needs the normalised input (in the weight's dtype: fp32 for Gemma,
+    # and for fp32 weights under autocast).
     width = width or arch.hidden
     extra = 0
     if trainable and arch.norm == "rmsnorm":
-        extra = (4 if arch.norm_fp32_weight else p.compute) * width
+        extra = (4 if arch.norm_fp32_weight or p.stream == 4 else p.compute) * width
     return 4 * width + 8 + extra
 
 
@@ -90,7 +100,11 @@ def block_activations(
     linears = arch.block if moe or not arch.dense_block else arch.dense_block
     routed = arch.experts_per_token if (moe and arch.experts) else 1
     saved = 0.0
+    saved_const = 0.0
+    mlp_saved = 0.0
     saved += arch.norms_per_layer * _norm_saved(arch, trainable, p)
+    if arch.norms_per_layer >= 2 and not arch.parallel_block:
+        mlp_saved += _norm_saved(arch, trainable, p)  # the post-attention norm feeds the MLP
     if arch.qk_norm:
         saved += _norm_saved(arch, trainable, p, arch.q_dim + arch.kv_dim)
 
@@ -99,6 +113,10 @@ def block_activations(
     for lin in linears:
         if (trainable or quantized) and lin.group != "router":
             kept_inputs.add(lin.reads)
+    # fp32 weights under 16-bit autocast (full/freeze/LISA in bf16-mixed): the residual stream and
+    # the norms' outputs are fp32, and autocast casts them to 16 bits separately for every linear that
+    # reads them (it caches only weights), so each reader saves its own copy.
+    casts_per_reader = p.stream == 4 and dt == 2
     for reads in kept_inputs:
         if reads == "attn_out" and attn != "eager":
             continue  # flash/SDPA already keep their output, which o_proj reads as a view
@@ -107,17 +125,30 @@ def block_activations(
         else:
             reads_w = _reads_width(arch, reads)
         copies = routed if reads.startswith("mlp") else 1
+        if casts_per_reader and reads in ("attn_in", "mlp_in"):
+            copies *= sum(1 for lin in linears if lin.reads == reads and (trainable or quantized))
         saved += copies * dt * reads_w
+        if reads.startswith("mlp"):
+            mlp_saved += copies * dt * reads_w
 
     # LoRA: each adapter keeps its own copy of its input and, with dropout, the mask; A's output (r)
     # is kept for B.
     for lin in adapters:
         width = _reads_width(arch, lin.reads)
         copies = routed if lin.reads.startswith("mlp") else 1
-        saved += copies * (dt + (MASK_BYTES if lora_dropout > 0 else 0)) * width
-        saved += copies * 4 * lora_rank
+        adapter_saved = copies * (dt + (MASK_BYTES if lora_dropout > 0 else 0)) * width + copies * 4 * lora_rank
+        saved += adapter_saved
+        if lin.reads.startswith("mlp"):
+            mlp_saved += adapter_saved
         if dora:
-            saved += copies * dt * lin.out_features  # DoRA rescales the base output: keeps it
+            # DoRA's output is (m/|W'| - 1) * base + (m/|W'|) * scale * lora: the products keep both the
+            # base output and the adapter's output for the magnitude's gradient.
+            saved += copies * 2 * dt * lin.out_features
+            if lora_dropout > 0 and dt != 4:
+                # peft's DoRA recomputes the base output from the dropped-out input with the weight
+                # cast to the (fp32) adapter dtype; autocast casts it back to 16 bits for F.linear,
+                # which saves that copy for the input gradient: one weight-sized tensor per layer.
+                saved_const += copies * dt * lin.in_features * lin.out_features
 
     # Attention core.
     q, kv = arch.q_dim, arch.kv_dim
@@ -136,13 +167,21 @@ def block_activations(
     # gelu_new is separate ops: pow (fp32 under autocast) keeps its input, tanh its output, and the
     # final product 0.5*x and (1 + tanh): 4 + 4 + 2 + 4 bytes per element.
     if arch.mlp_act == "gelu_new":
-        saved += routed * (14 if dt == 2 else 16) * i
+        mlp_core = routed * (14 if dt == 2 else 16) * i
     else:
-        saved += routed * dt * (3 * i if arch.gated_mlp else i)
+        mlp_core = routed * dt * (3 * i if arch.gated_mlp else i)
     if moe and arch.experts:
-        saved += 4 * arch.experts + routed * dt * h  # router softmax (fp32) and weighted expert outputs
+        mlp_core += 4 * arch.experts + routed * dt * h  # router softmax (fp32) and weighted expert outputs
+    saved += mlp_core
+    mlp_saved += mlp_core
 
-    # Backward of the block: gradients of the MLP activations are the largest live set.
+    # Backward of the block, MLP first: the gradients of the MLP activations are the largest live
+    # set while everything the block saved is alive. Then the attention core's backward, once the
+    # MLP's saved tensors are gone: eager attention holds its fp32 softmax, the fp32 gradient of the
+    # probabilities and softmax's input gradient (the 16-bit probabilities are freed by then).
     transient = routed * dt * (3 * i if arch.gated_mlp else 2 * i) + 2 * dt * h
-    transient_scores = arch.heads * (dt + 8) if attn == "eager" else 0.0
-    return BlockActivations(saved, saved_scores, transient, transient_scores)
+    attn_transient = dt * (2 * q + 2 * k_saved)
+    attn_transient_scores = arch.heads * 12 if attn == "eager" else 0.0
+    return BlockActivations(
+        saved, saved_scores, transient, 0.0, saved_const, mlp_saved, attn_transient, attn_transient_scores
+    )

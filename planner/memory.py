@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from .activations import BlockActivations, Precision, block_activations
+from .activations import Precision
 from .arch import Architecture
 from .setup import Cluster, Setup
 
@@ -30,6 +30,8 @@ NCCL_BUFFERS = 0.40 * GIB
 """NCCL communicator buffers per GPU when more than one process trains (outside the allocator)."""
 LIB_WORKSPACES = 64 * MIB
 """cuBLAS/cuBLASLt workspaces, allocated through the caching allocator."""
+CUDA_ONLY_TERMS = frozenset({"library workspaces"})
+"""Allocated terms a CPU trace of the training step cannot see (CUDA libraries' own buffers)."""
 PROCESS_CPU_RAM = 2.5 * GIB
 """Host memory of one training process before the model: Python, torch, CUDA host libraries."""
 FRAGMENTATION = 0.10
@@ -322,16 +324,6 @@ def gradient_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths
                 state=True,
             )
         )
-        if not setup.grads_persist and pr.head_trainable:
-            terms.append(
-                Term(
-                    "gradients",
-                    "LM head gradient during backward",
-                    arch.vocab * arch.hidden * w.grad,
-                    ("backward",),
-                    source="first weight gradient produced, while activations are alive",
-                )
-            )
         if setup.deepspeed:
             terms.append(
                 Term(
@@ -471,102 +463,45 @@ def optimizer_terms(setup: Setup, cluster: Cluster, w: Widths, pr: Params, arch:
     return terms
 
 
-def _blocks(arch: Architecture, setup: Setup, w: Widths, trainable: bool) -> BlockActivations:
-    adapters = arch.lora_targets(setup.lora_targets) if setup.adapters else ()
-    return block_activations(
-        arch,
-        trainable=trainable,
-        adapters=adapters,
-        lora_rank=setup.lora_rank,
-        quantized=setup.tuner == "qlora",
-        lora_dropout=setup.lora_dropout if setup.adapters else 0.0,
-        dora=setup.dora,
-        attn=setup.attn,
-        micro_batch=setup.micro_batch,
-        p=w.act,
-    )
-
-
 def loss_bytes_per_token(arch: Architecture, w: Widths) -> float:
-    """Peak of the logits + cross-entropy path per token (bytes), as transformers computes it.
-
-    ForCausalLMLoss: 16-bit logits (2V) -> .float() (4V) -> log_softmax (4V, kept for backward);
-    backward allocates the nll gradient (4V) and log_softmax's input gradient (4V) while the kept
-    output is alive: 12 bytes x vocab. Gemma-2's tanh soft-cap keeps two more fp32 copies.
-    """
-    per = 12.0
-    if arch.final_logit_softcap:
-        per += 8
-    return per * arch.vocab
+    """The loss path's peak per token (bytes): transformers' ForCausalLMLoss keeps the fp32
+    log-softmax for backward, which allocates the nll gradient and log-softmax's input gradient
+    while it is alive: 12 bytes x vocab (see planner.step for the whole walk)."""
+    return 12.0 * arch.vocab
 
 
 def activation_terms(arch: Architecture, setup: Setup, w: Widths, pr: Params) -> list[Term]:
-    T, s = setup.tokens, setup.seq_len
-    frozen = _blocks(arch, setup, w, False)
-    trained = _blocks(arch, setup, w, True)
-    n_trained, n_frozen = pr.trained_layers, pr.grad_layers - pr.trained_layers
+    """The activation side of the `backward` phase: the largest event of planner.step's walk."""
+    from .step import blocks_for, dora_transient, dora_widest_const, peak, walk
 
-    def saved(b: BlockActivations) -> float:
-        return b.saved * T + b.saved_scores * T * s
-
-    def transient(b: BlockActivations) -> float:
-        return b.transient * T + b.transient_scores * T * s
-
-    loss = loss_bytes_per_token(arch, w) * T
-    final_norm = (4 * arch.hidden + (w.act.compute * arch.hidden if pr.head_trainable else 0)) * T
-    terms = [
-        Term(
-            "logits",
-            "logits and cross-entropy",
-            loss,
-            ("backward",),
-            source=f"12 B x vocab {arch.vocab:,} x {T:,} tokens (fp32 log-softmax and its gradients)",
-        )
+    adapters = arch.lora_targets(setup.lora_targets) if setup.adapters else ()
+    autocast_fp32 = setup.precision in ("bf16-mixed", "fp16-mixed") and w.weight == 4
+    events = walk(
+        arch,
+        tokens=setup.tokens,
+        seq_len=setup.seq_len,
+        micro_batch=setup.micro_batch,
+        trained=blocks_for(arch, setup, w, trainable=True),
+        frozen=blocks_for(arch, setup, w, trainable=False),
+        n_trained=pr.trained_layers,
+        n_frozen_with_grad=pr.grad_layers - pr.trained_layers,
+        grad_ckpt=setup.grad_ckpt,
+        head_trainable=pr.head_trainable,
+        embedding_trainable=pr.head_trainable,
+        grads_persist=setup.grads_persist,
+        compute=w.act.compute,
+        stream=w.act.stream,
+        weight=w.weight,
+        grad=w.grad,
+        autocast_fp32_weights=autocast_fp32,
+        trained_linears=arch.block if pr.trained_layers else (),
+        dora=dora_transient(arch, adapters, w.act.compute) if setup.dora else 0.0,
+        dora_const_last=dora_widest_const(adapters, w.act.compute, setup.lora_dropout) if setup.dora else 0.0,
+    )
+    top = peak(events)
+    return [
+        Term(p.part, p.name, p.bytes, ("backward",), source=f"{top.name}: {p.source}".rstrip(": ")) for p in top.pieces
     ]
-    widest = trained if n_trained else frozen
-    if setup.grad_ckpt:
-        inputs = pr.grad_layers * w.act.stream * arch.hidden * T
-        terms.append(
-            Term(
-                "activations",
-                "checkpointed block inputs",
-                inputs + final_norm,
-                ("backward",),
-                source=f"{pr.grad_layers} blocks x hidden x {w.act.stream} B per token",
-            )
-        )
-        recompute = saved(widest) + transient(widest)
-        terms.append(
-            Term(
-                "activations",
-                "recomputed block (beyond the loss peak)",
-                max(0.0, recompute - loss),
-                ("backward",),
-                source="one block re-run in backward, with its gradients",
-            )
-        )
-    else:
-        kept = n_trained * saved(trained) + n_frozen * saved(frozen) + final_norm
-        terms.append(
-            Term(
-                "activations",
-                "saved activations",
-                kept,
-                ("backward",),
-                source=f"{pr.grad_layers} blocks x {widest.saved:,.0f} B/token"
-                + (" + eager s^2 scores" if setup.attn == "eager" else ""),
-            )
-        )
-        terms.append(
-            Term(
-                "activations",
-                "block backward (beyond the loss peak)",
-                max(0.0, transient(widest) - loss),
-                ("backward",),
-                source="gradients of the top block's activations",
-            )
-        )
-    return terms
 
 
 def overhead_terms(terms: list[Term], setup: Setup, cluster: Cluster, pr: Params) -> list[Term]:

@@ -9,7 +9,7 @@ from itertools import product
 
 from .arch import Architecture
 from .memory import MemoryEstimate, estimate, USABLE_MARGIN
-from .rules import Refusal, refusals
+from .rules import Refusal, refusals, usable_attn
 from .setup import Cluster, Setup
 from .throughput import Throughput, estimate_throughput
 
@@ -107,7 +107,9 @@ def max_seq_len(arch: Architecture, setup: Setup, cluster: Cluster, limit: int =
     return n if n >= 2 else 0
 
 
-def _variants(base: Setup, cluster: Cluster, tuner: str, zero: int, fixed: frozenset[str]) -> list[Setup]:
+def _variants(
+    base: Setup, cluster: Cluster, tuner: str, zero: int, fixed: frozenset[str], arch: Architecture
+) -> list[Setup]:
     """Setups to try for one tuner x ZeRO stage; fields named in `fixed` keep the value in `base`."""
     gpu = cluster.gpu
     if "precision" in fixed:
@@ -124,6 +126,8 @@ def _variants(base: Setup, cluster: Cluster, tuner: str, zero: int, fixed: froze
         offloads = ["none"] + (["optimizer"] if zero >= 1 else []) + (["optimizer+params"] if zero == 3 else [])
     ckpts = [base.grad_ckpt] if "grad_ckpt" in fixed else [False, True]
     attn = base.attn if "attn" in fixed or base.attn != "flash" or gpu.flash_attention else "sdpa"
+    if "attn" not in fixed:
+        attn = usable_attn(arch, attn)
     mb = base.micro_batch if "micro_batch" in fixed else 1
     optim = base.optim if "optim" in fixed else "adamw"
     return [
@@ -153,7 +157,7 @@ def _best_variant(
     per_gpu = mb_cap
     best: Candidate | None = None
     smallest: Candidate | None = None
-    for setup in _variants(base, cluster, tuner, zero, fixed):
+    for setup in _variants(base, cluster, tuner, zero, fixed, arch):
         first = evaluate(arch, setup, cluster)
         if first.refusal is not None:
             smallest = smallest or first

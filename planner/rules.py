@@ -16,6 +16,17 @@ class Refusal:
     reason: str
 
 
+def sdpa_refused(arch: Architecture) -> bool:
+    """transformers builds Gemma-2 (attention logit soft-capping) only with eager or flash attention:
+    `_supports_sdpa = False` in its modeling code, so asking for sdpa fails at model load."""
+    return arch.attn_softcap
+
+
+def usable_attn(arch: Architecture, attn: str) -> str:
+    """The kernel a run asking for `attn` by default gets: eager where transformers refuses sdpa."""
+    return "eager" if attn == "sdpa" and sdpa_refused(arch) else attn
+
+
 def refusals(arch: Architecture, setup: Setup, cluster: Cluster) -> list[Refusal]:
     """Every rule `setup` breaks on `cluster` (empty when it can run)."""
     out: list[Refusal] = []
@@ -30,6 +41,12 @@ def refusals(arch: Architecture, setup: Setup, cluster: Cluster) -> list[Refusal
         )
     if setup.attn == "flash" and not gpu.flash_attention:
         refuse("flash-unsupported", f"FlashAttention-2 needs an Ampere or newer GPU, not {gpu.name}; use --attn sdpa")
+    if setup.attn == "sdpa" and sdpa_refused(arch):
+        refuse(
+            "sdpa-unsupported",
+            f"transformers does not run {arch.family} through SDPA (attention soft-capping); "
+            "use --attn eager, or --attn flash with flash-attn installed",
+        )
     if setup.attn == "flash" and setup.precision == "fp32":
         refuse("flash-fp32", "FlashAttention runs only in fp16/bf16; use --attn sdpa with --precision fp32")
     if setup.tuner == "qlora" and setup.zero == 3:

@@ -14,6 +14,7 @@ from planner import Cluster, Setup, SetupError, UnknownModel, evaluate_setup, ge
 from planner.catalog import ModelEntry
 from planner.gpus import match_nvml_name
 from planner.memory import estimate
+from planner.rules import usable_attn
 from planner.plan import Estimate
 from planner.recommend import LEARNING_RATES, fits_with_headroom, largest_fitting
 
@@ -186,11 +187,13 @@ def resolve(recipe: Recipe, machine: Machine, *, gpu: str | None = None) -> RunS
     seq_len = recipe.dataset.max_seq_len if recipe.dataset.max_seq_len != AUTO else min(2048, arch.max_position)
     if device == "cpu":
         precision = "fp32" if t.precision == AUTO else t.precision
-        attn = "sdpa" if t.attn == AUTO else t.attn
+        attn = usable_attn(arch, "sdpa") if t.attn == AUTO else t.attn
     else:
         precision = t.precision if t.precision != AUTO else ("bf16-true" if spec.bf16 else "fp16-mixed")
         attn = (
-            t.attn if t.attn != AUTO else ("flash" if spec.flash_attention and machine.flash_attn_installed else "sdpa")
+            t.attn
+            if t.attn != AUTO
+            else ("flash" if spec.flash_attention and machine.flash_attn_installed else usable_attn(arch, "sdpa"))
         )
     grad_ckpt = t.grad_ckpt if t.grad_ckpt != AUTO else device == "cuda"
     if d.zero != AUTO:

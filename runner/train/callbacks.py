@@ -157,15 +157,28 @@ class StopCallback(TrainerCallback):
         return control
 
 
+LAYER_LIST_NAMES = ("layers", "h", "blocks", "layer", "decoder_layers")
+"""What transformers calls the ModuleList of decoder blocks (model.layers, transformer.h, ...)."""
+
+
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The ModuleList of decoder blocks (model.model.layers, transformer.h, ...)."""
-    best = None
-    for _, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and (best is None or len(module) > len(best)):
-            best = module
-    if best is None:
-        raise RuntimeError("cannot find the decoder layers of this model for LISA")
-    return best
+    """The ModuleList of decoder blocks (model.model.layers, transformer.h, ...): the outermost list
+    with one of the usual names, else the longest list (a MoE layer's experts are a list too, and
+    can be longer than a model with few layers)."""
+    named = []
+    longest = None
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.ModuleList):
+            continue
+        if name.rsplit(".", 1)[-1] in LAYER_LIST_NAMES:
+            named.append((name.count("."), name, module))
+        if longest is None or len(module) > len(longest):
+            longest = module
+    if named:
+        return min(named, key=lambda item: item[:2])[2]
+    if longest is None:
+        raise RuntimeError("cannot find the decoder layers of this model")
+    return longest
 
 
 class LisaCallback(TrainerCallback):
@@ -202,6 +215,30 @@ class LisaCallback(TrainerCallback):
                     if optimizer is not None:
                         _optimizer_of(optimizer).state.pop(p, None)
         self.active = chosen
+
+
+class FrozenBelowCallback(TrainerCallback):
+    """freeze with gradient checkpointing: backward stops at the lowest trained layer.
+
+    With checkpointing on, transformers makes the embedding output require grad
+    (`enable_input_require_grads`), so every frozen layer below the trained ones is checkpointed,
+    kept as a saved input and run again in backward, only to produce gradients nobody uses. At the
+    start of training (after the Trainer enabled checkpointing) this undoes that: the frozen layers
+    run once, without autograd, and only the trained top layers are checkpointed."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        base = getattr(self.model, "get_base_model", lambda: self.model)()
+        if hasattr(base, "disable_input_require_grads"):
+            try:
+                base.disable_input_require_grads()
+            except AttributeError:  # the hook was never installed (checkpointing off)
+                pass
+        for layer in decoder_layers(self.model):
+            if not any(p.requires_grad for p in layer.parameters()) and hasattr(layer, "gradient_checkpointing"):
+                layer.gradient_checkpointing = False
 
 
 def _optimizer_of(optimizer: Any) -> torch.optim.Optimizer:

@@ -44,14 +44,21 @@ def local_rank() -> int:
 
 
 def model_dtype(recipe: Recipe):
+    """The dtype the model is loaded in.
+
+    bf16-true: bf16. Adapters (LoRA, QLoRA) under mixed precision: the frozen base in the 16-bit
+    compute dtype, since only the fp32 adapters (peft keeps them fp32) need master weights; holding
+    the base in fp32 would double its memory and change nothing it computes under autocast. Full,
+    freeze and LISA under mixed precision keep fp32 weights: the optimizer updates them.
+    """
     import torch
 
     precision = recipe.train.precision
     if precision == "bf16-true":
         return torch.bfloat16
-    if recipe.tuner == "qlora" and precision != "fp32":
+    if recipe.tuner in ("lora", "qlora") and precision in ("bf16-mixed", "fp16-mixed"):
         return torch.bfloat16 if precision.startswith("bf16") else torch.float16
-    return torch.float32  # mixed precision keeps fp32 weights and computes under autocast
+    return torch.float32
 
 
 def quantization(recipe: Recipe):
@@ -67,6 +74,20 @@ def quantization(recipe: Recipe):
     )
 
 
+def model_from_config(config, recipe: Recipe):
+    """A randomly initialised model from a transformers config, as the recipe trains it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(recipe.train.seed)
+    return AutoModelForCausalLM.from_config(
+        config,
+        dtype=model_dtype(recipe),
+        attn_implementation=ATTN[recipe.train.attn],
+        trust_remote_code=recipe.model.trust_remote_code,
+    )
+
+
 def load_model(recipe: Recipe, run: RunDir):
     """The model, from pretrained weights or randomly initialised from config.json."""
     import torch
@@ -78,8 +99,7 @@ def load_model(recipe: Recipe, run: RunDir):
         config = AutoConfig.from_pretrained(
             path, local_files_only=True, trust_remote_code=recipe.model.trust_remote_code
         )
-        torch.manual_seed(recipe.train.seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **common)
+        model = model_from_config(config, recipe)
         if recipe.tuner != "qlora":
             return model
         path = str(run.path / f".random-init-rank{rank()}")  # bitsandbytes quantizes while loading
@@ -91,18 +111,20 @@ def load_model(recipe: Recipe, run: RunDir):
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
-def lora_targets(recipe: Recipe, model_dir: str) -> Any:
-    """peft target_modules: `all-linear`, or the module names the planner resolves for this family."""
-    from planner import resolve_model
-
+def lora_targets(recipe: Recipe, arch=None) -> Any:
+    """peft target_modules: `all-linear`, or the module names the planner resolves for this family
+    (`arch`: the planner's Architecture, read from the model's config when not given)."""
     spec = recipe.lora.targets
     if spec == "all-linear":
         return "all-linear"
-    arch = resolve_model(model_dir).arch
+    if arch is None:
+        from planner import resolve_model
+
+        arch = resolve_model(recipe.model.path).arch
     return sorted({lin.name for lin in arch.lora_targets(spec)})
 
 
-def apply_tuner(model, recipe: Recipe):
+def apply_tuner(model, recipe: Recipe, arch=None):
     """Freeze / wrap the model for the recipe's tuner (full and LISA train everything at start)."""
     if recipe.tuner == "freeze":
         return freeze_all_but_top(model, recipe.freeze.trainable_layers)
@@ -113,7 +135,7 @@ def apply_tuner(model, recipe: Recipe):
             r=recipe.lora.rank,
             lora_alpha=recipe.lora.alpha,
             lora_dropout=recipe.lora.dropout,
-            target_modules=lora_targets(recipe, recipe.model.path),
+            target_modules=lora_targets(recipe, arch),
             use_dora=recipe.lora.dora,
             task_type="CAUSAL_LM",
         )
@@ -210,10 +232,22 @@ def _checkpointing(on: bool) -> dict[str, Any]:
     return {"gradient_checkpointing": on, "gradient_checkpointing_kwargs": kwargs}
 
 
+def tuner_callbacks(model, recipe: Recipe) -> list[Any]:
+    """The callbacks a tuner needs: LISA's layer switching; freeze's backward that stops at the
+    trained layers when checkpointing is on."""
+    from .callbacks import FrozenBelowCallback, LisaCallback
+
+    if recipe.tuner == "lisa":
+        return [LisaCallback(model, recipe.lisa.layers, recipe.lisa.interval, recipe.train.seed)]
+    if recipe.tuner == "freeze" and recipe.train.grad_ckpt is True:
+        return [FrozenBelowCallback(model)]
+    return []
+
+
 def build_trainer(recipe: Recipe, run: RunDir):
     from transformers import AutoTokenizer, Trainer, set_seed
 
-    from .callbacks import LisaCallback, MetricsCallback, StopCallback, TokenCounter, trainable_summary
+    from .callbacks import MetricsCallback, StopCallback, TokenCounter, trainable_summary
     from .data import build_datasets, make_collator
 
     set_seed(recipe.train.seed)
@@ -233,9 +267,8 @@ def build_trainer(recipe: Recipe, run: RunDir):
     callbacks = [
         MetricsCallback(run, recipe.train.micro_batch, world(), counter),
         StopCallback(run, every=recipe.train.logging_steps),
+        *tuner_callbacks(model, recipe),
     ]
-    if recipe.tuner == "lisa":
-        callbacks.append(LisaCallback(model, recipe.lisa.layers, recipe.lisa.interval, recipe.train.seed))
     args = training_arguments(recipe, run, eval_ds is not None)
     return Trainer(
         model=model,

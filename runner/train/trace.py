@@ -1,0 +1,626 @@
+"""An exact trace of ftui's own training step, on the CPU, with no memory used.
+
+The model is built at its real widths under torch's FakeTensorMode (shapes and dtypes are real, no
+storage is allocated) by the runner's own code (`model_from_config`, `apply_tuner`, the recipe's
+`TrainingArguments`, LISA's callback), and a real HF `Trainer` runs two optimizer steps on it.
+A dispatch mode sees every tensor every op returns and counts each live storage once (views share
+their storage), so the figures are the bytes `torch.cuda.max_memory_allocated()` would report for
+those tensors: weights, gradients, optimizer states, saved activations, the loss path and the
+temporaries, per phase (forward, backward, optimizer step) of the second step.
+
+A few decisions torch and transformers take from the device or from the data; the trace takes them
+as a CUDA run on real data would:
+- dropout keeps a 1-byte mask (CUDA's fused kernel), not the fp32 noise tensor the CPU path keeps;
+- a batch without padding (one sequence, or every row full) reaches attention without a mask:
+  transformers checks `attention_mask.all()` and the position ids (packed sequences?) on real
+  data and then lets SDPA run causal, with k/v not repeated; fake tensors cannot be inspected, so
+  the trace decides from the lists it collates, and its rows are never packed;
+- `flash` attention (flash-attn is a CUDA package) is traced as SDPA without a mask, which keeps
+  the same tensors (q, k, v, the output and the log-sum-exp);
+- AdamW runs its foreach implementation (torch's default on CUDA; the CPU default is per tensor);
+- a value read back to Python (`.item()`: Adam's step count, a norm) reads as 1;
+- fp16-mixed is traced as bf16-mixed on the CPU (the same byte widths; CPU autocast has no fp16).
+Autocast follows the CPU's op lists, which agree with CUDA's for the ops of these models' layers.
+
+Depth: a trace builds `layers` decoder layers. `trace_setup` traces two depths and extrapolates
+every figure linearly to the model's layer count (every layer adds the same bytes), which a test
+checks against a full trace.
+
+`python -m runner.train.trace` reads a JSON request on stdin and prints the result as JSON: how
+`ftui plan --verify` runs it without importing torch into the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PHASES = ("forward", "backward", "step")
+PARTS = ("weights", "gradients", "optimizer", "activations", "logits", "temporaries")
+TRACED_STEP = 2
+"""Phases are reported for this optimizer step: the first has no optimizer state before its update."""
+REGION_PART = {
+    "build": "weights",
+    "forward": "activations",
+    "recompute": "activations",
+    "backward": "activations",
+    "head": "logits",
+    "loss-backward": "logits",
+    "step": "optimizer",
+    "idle": "temporaries",
+}
+"""Where a storage was made -> the part it counts in, unless it is a parameter, a gradient or an
+optimizer state (checked first). Activation gradients made in backward count as activations and the
+update's temporaries as optimizer, as the planner books them."""
+
+
+class NotTraceable(RuntimeError):
+    """This setup cannot be traced; the message says why (the analytic plan still stands)."""
+
+
+@dataclass
+class PhasePeak:
+    bytes: int = 0
+    parts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Trace:
+    layers: int
+    """Decoder layers built."""
+    phases: dict[str, PhasePeak]
+    seconds: float
+
+    @property
+    def peak_allocated(self) -> int:
+        return max(p.bytes for p in self.phases.values())
+
+
+@dataclass
+class Verified:
+    """A trace at two depths, extrapolated to the model's layer count."""
+
+    peak_allocated: float
+    phases: dict[str, float]
+    parts: dict[str, dict[str, float]]
+    """Phase -> part -> bytes at that phase's peak."""
+    layers_traced: tuple[int, int]
+    layers: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        gib = 2**30
+        return {
+            "peak_allocated_gib": round(self.peak_allocated / gib, 3),
+            "phases": {ph: {"allocated_gib": round(v / gib, 3)} for ph, v in self.phases.items()},
+            "parts": {ph: {k: round(v / gib, 3) for k, v in parts.items()} for ph, parts in self.parts.items()},
+            "layers_traced": list(self.layers_traced),
+            "layers": self.layers,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+# --- counting storage ------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    nbytes: int
+    region: str
+    ref: Any
+    """weakref to the storage"""
+    origin: str = ""
+    """The op and shape that made it (with `Ledger(debug=True)`)."""
+
+
+class Ledger:
+    """Live storage bytes, the peak of each (step, phase), and what was alive at each peak."""
+
+    def __init__(self, debug: bool = False) -> None:
+        import torch
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        self.debug = debug
+        self.op = ""
+        self.timeline: list[tuple[int, str, str, str]] = []
+        self.torch = torch
+        self.serial_of = WeakIdKeyDictionary()
+        self.entries: dict[int, _Entry] = {}
+        self.total = 0
+        self.next_serial = 0
+        self.region = "build"
+        self.phase = "build"
+        self.step = 0
+        self.peaks: dict[tuple[int, str], int] = {}
+        self.snapshots: dict[tuple[int, str], list[_Entry]] = {}
+        self._pending: tuple[int, str] | None = None
+        self.ops = 0
+
+    def track(self, tensor) -> None:
+        storage = tensor.untyped_storage()
+        serial = self.serial_of.get(storage)
+        nbytes = storage.nbytes()
+        if serial is not None:
+            entry = self.entries[serial]
+            if entry.nbytes != nbytes:  # resized in place (an out= op)
+                self._grow(nbytes - entry.nbytes)
+                entry.nbytes = nbytes
+            return
+        serial = self.next_serial
+        self.next_serial += 1
+        self.serial_of[storage] = serial
+        origin = f"{self.op} {tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}" if self.debug else ""
+        self.entries[serial] = _Entry(nbytes, self.region, weakref.ref(storage), origin)
+        weakref.finalize(storage, self._free, serial)
+        self._grow(nbytes)
+
+    def _grow(self, nbytes: int) -> None:
+        self.total += nbytes
+        key = (self.step, self.phase)
+        if self.total > self.peaks.get(key, -1):
+            self.peaks[key] = self.total
+            self._pending = key
+
+    def _free(self, serial: int) -> None:
+        self._settle()
+        entry = self.entries.pop(serial, None)
+        if entry is not None:
+            self.total -= entry.nbytes
+
+    def _settle(self) -> None:
+        """Memory is about to fall: what is alive now is the newest peak's content."""
+        if self._pending is not None:
+            self.snapshots[self._pending] = list(self.entries.values())
+            self._pending = None
+
+    def enter(self, phase: str | None = None, region: str | None = None) -> None:
+        self._settle()
+        if phase is not None:
+            self.phase = phase
+        if region is not None:
+            self.region = region
+
+
+def _dispatch_mode(ledger: Ledger):
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    scalar = torch.ops.aten._local_scalar_dense.default
+
+    class Counting(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is scalar:
+                return True if args[0].dtype == torch.bool else 1
+            out = func(*args, **(kwargs or {}))
+            ledger.ops += 1
+            leaves = [leaf for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)]
+            if ledger.debug:
+                ledger.op = f"{func} -> " + ", ".join(f"{tuple(x.shape)}:{str(x.dtype)[6:]}" for x in leaves[:2])
+            for leaf in leaves:
+                ledger.track(leaf)
+            if ledger.debug and ledger.step == TRACED_STEP:
+                ledger.timeline.append((ledger.total, ledger.op, ledger.phase, ledger.region))
+            return out
+
+    return Counting()
+
+
+@contextlib.contextmanager
+def _cuda_dropout():
+    """F.dropout as CUDA runs it: the fused kernel, which keeps a bool mask (1 byte per element)."""
+    import torch
+    import torch.nn.functional as F
+
+    original = F.dropout
+
+    def dropout(input, p=0.5, training=True, inplace=False):
+        if not training or p == 0.0:
+            return input
+        if p == 1.0:
+            return input * 0
+        return torch.ops.aten.native_dropout(input, p, True)[0]
+
+    F.dropout = dropout
+    try:
+        yield
+    finally:
+        F.dropout = original
+
+
+@contextlib.contextmanager
+def _placed_modules():
+    """Module.to(cpu) is a no-op: the fake model is already there, and swapping fake parameters for
+    converted copies would leave the optimizer holding the old ones (it would keep no state)."""
+    import torch
+
+    original = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None and device.type != "cpu":
+            return original(self, *args, **kwargs)
+        if dtype is not None:  # in place, as Module.to does for real tensors (`param.data = ...`)
+            with torch.no_grad():
+                for param in self.parameters():
+                    if param.is_floating_point() and param.dtype != dtype:
+                        param.data = param.data.to(dtype)
+                for module in self.modules():
+                    for name, buffer in module._buffers.items():
+                        if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
+                            module._buffers[name] = buffer.to(dtype)
+        return self
+
+    torch.nn.Module.to = to
+    try:
+        yield
+    finally:
+        torch.nn.Module.to = original
+
+
+@contextlib.contextmanager
+def _unpacked_batches():
+    """transformers looks for packed sequences in the position ids; on fake tensors it cannot look
+    and assumes they may be packed, which builds a 4-D mask. The traced rows are never packed (a
+    real batch's position ids are 0..n-1), so the answer is the one real data gives: none."""
+    from transformers import masking_utils
+
+    original = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original
+
+
+# --- the traced run ----------------------------------------------------------------------------
+
+
+def truncated_config(config: dict[str, Any], layers: int) -> dict[str, Any]:
+    """The config with `layers` decoder layers (per-layer lists cut to match)."""
+    out = dict(config)
+    key = "num_hidden_layers" if "num_hidden_layers" in out else "n_layer" if "n_layer" in out else "num_layers"
+    out[key] = layers
+    for name in ("layer_types", "mlp_only_layers"):
+        if isinstance(out.get(name), list) and name == "layer_types":
+            out[name] = out[name][:layers]
+    return out
+
+
+def model_layers(config: dict[str, Any]) -> int:
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    raise NotTraceable("the config names no layer count (num_hidden_layers)")
+
+
+def trace_recipe(setup, config: dict[str, Any]):
+    """The recipe the runner would train `setup` with, on the CPU, one process."""
+    from runner.recipe.schema import Recipe
+
+    s = setup
+    r = Recipe()
+    attn = "sdpa" if s.attn == "flash" else s.attn
+    precision = "bf16-mixed" if s.precision == "fp16-mixed" else s.precision
+    return r.but(
+        model=dataclasses.replace(r.model, path="", init="random"),
+        dataset=dataclasses.replace(r.dataset, max_seq_len=s.seq_len),
+        tuner=s.tuner,
+        lora=dataclasses.replace(
+            r.lora, rank=s.lora_rank, alpha=2 * s.lora_rank, dropout=s.lora_dropout, targets=s.lora_targets, dora=s.dora
+        ),
+        qlora=dataclasses.replace(r.qlora, quant=s.quant, double_quant=s.double_quant),
+        lisa=dataclasses.replace(r.lisa, layers=s.lisa_layers),
+        freeze=dataclasses.replace(r.freeze, trainable_layers=s.trainable_layers),
+        train=dataclasses.replace(
+            r.train,
+            micro_batch=s.micro_batch,
+            grad_accum=min(s.grad_accum or 2, 2),
+            lr=1e-4,
+            precision=precision,
+            grad_ckpt=s.grad_ckpt,
+            attn=attn,
+            optim=s.optim,
+            max_steps=TRACED_STEP,
+            logging_steps=1000,
+            save_steps=1000,
+        ),
+        distributed=dataclasses.replace(r.distributed, gpus=1, nodes=1, zero=0, offload="none", device="cpu"),
+    )
+
+
+def _rows(setup, vocab: int) -> list[dict[str, list[int]]]:
+    """One micro-batch of token rows: all full length at micro-batch 1, else one full row and the
+    rest a token shorter (a padded batch, as real data of varied lengths gives)."""
+    s = setup.seq_len
+    lengths = [s] + [s - 1] * (setup.micro_batch - 1)
+    return [{"input_ids": [i % vocab for i in range(n)], "labels": [i % vocab for i in range(n)]} for n in lengths]
+
+
+class _Collator:
+    """The runner's collator; the mask is left out when the batch has no padding (see the module doc)."""
+
+    def __init__(self, collate) -> None:
+        self.collate = collate
+
+    def __call__(self, features):
+        full = len({len(f["input_ids"]) for f in features}) == 1
+        batch = self.collate(
+            [dict(f, attention_mask=[1] * len(f["input_ids"])) for f in features],
+        )
+        if full:
+            batch.pop("attention_mask")
+        return batch
+
+
+def _phase_callback(ledger: Ledger):
+    from transformers import TrainerCallback
+
+    class Phases(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            ledger.step = state.global_step + 1
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            ledger.enter("step", "step")
+
+        def on_optimizer_step(self, args, state, control, optimizer=None, model=None, **kwargs):
+            ledger.enter("idle", "idle")
+            if ledger.step == TRACED_STEP:
+                ledger.classified = _classify(ledger, model, optimizer)
+
+    return Phases()
+
+
+def _install_hooks(model, ledger: Ledger) -> list[Any]:
+    """Regions of the forward and backward pass: blocks, the head and loss, recomputation."""
+    import torch
+
+    from .callbacks import decoder_layers
+
+    handles = []
+    head = model.get_output_embeddings()
+    top = model
+
+    def forward_begin(module, args, kwargs):
+        ledger.enter("forward", "forward")
+
+    def forward_end(module, args, kwargs, output):
+        ledger.enter("backward", "loss-backward")  # the Trainer calls backward on the loss next
+
+    def head_begin(module, args):
+        ledger.enter(region="head")
+        hidden = args[0] if args else None
+        if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+            hidden.register_hook(lambda grad: ledger.enter(region="backward"))
+
+    def layer_begin(module, args):
+        if ledger.phase == "backward":
+            ledger.enter(region="recompute")
+
+    def layer_end(module, args, output):
+        if ledger.phase == "backward":
+            ledger.enter(region="backward")
+
+    handles.append(top.register_forward_pre_hook(forward_begin, with_kwargs=True))
+    handles.append(top.register_forward_hook(forward_end, with_kwargs=True))
+    if head is not None:
+        handles.append(head.register_forward_pre_hook(head_begin))
+    for layer in decoder_layers(model):
+        handles.append(layer.register_forward_pre_hook(layer_begin))
+        handles.append(layer.register_forward_hook(layer_end))
+    return handles
+
+
+def _storages(tensors) -> set[int]:
+    return {id(t.untyped_storage()) for t in tensors}
+
+
+def _classify(ledger: Ledger, model, optimizer) -> dict[str, dict[str, int]]:
+    """Part -> bytes of what was alive at each phase's peak in the traced step."""
+    import torch
+
+    params = list(model.parameters()) + list(model.buffers())
+    weights = _storages(params)
+    grads = _storages(p.grad for p in model.parameters() if p.grad is not None)
+    opt = getattr(optimizer, "optimizer", optimizer)
+    states = _storages(
+        v for state in opt.state.values() for v in state.values() if isinstance(v, torch.Tensor) and v.numel() > 1
+    )
+    out: dict[str, dict[str, int]] = {}
+    for phase in PHASES:
+        parts = dict.fromkeys(PARTS, 0)
+        for entry in ledger.snapshots.get((TRACED_STEP, phase), []):
+            storage = entry.ref()
+            key = id(storage) if storage is not None else None
+            if key in weights:
+                part = "weights"
+            elif key in grads:
+                part = "gradients"
+            elif key in states:
+                part = "optimizer"
+            else:
+                part = REGION_PART.get(entry.region, "temporaries")
+            parts[part] += entry.nbytes
+        out[phase] = parts
+    return out
+
+
+def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) -> Trace:
+    """One traced run of `setup` on `config` cut to `layers` decoder layers."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from transformers import AutoConfig, PrinterCallback, Trainer
+    from transformers.utils import logging as hf_logging
+
+    from planner import ConfigError, architecture_from_config
+
+    from .data import make_collator
+    from .entry import apply_tuner, model_from_config, training_arguments, tuner_callbacks
+
+    if setup.tuner == "qlora":
+        raise NotTraceable("QLoRA is not traceable: bitsandbytes quantizes real weights (analytic only)")
+    if setup.zero or setup.offload != "none":
+        raise NotTraceable("DeepSpeed ZeRO and offload are not traced (one process, no DeepSpeed): analytic only")
+    recipe = trace_recipe(setup, config)
+    cut = truncated_config(config, layers)
+    try:
+        arch = architecture_from_config(cut)
+    except ConfigError:
+        arch = None
+    if arch is None and setup.adapters and setup.lora_targets != "all-linear":
+        raise NotTraceable("LoRA targets other than all-linear need a model type the planner can read")
+    hf_logging.set_verbosity_error()
+    started = time.perf_counter()
+    ledger = Ledger(debug)
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="ftui-trace-") as tmp,
+        _cuda_dropout(),
+        _placed_modules(),
+        _unpacked_batches(),
+    ):
+        from runner.rundir.runs import RunDir
+
+        run = RunDir(Path(tmp))
+        with fake, _dispatch_mode(ledger):
+            hf_config = AutoConfig.for_model(**cut)
+            try:
+                base = model_from_config(hf_config, recipe)
+            except (ValueError, ImportError) as err:  # e.g. an attention kernel this model refuses
+                raise NotTraceable(f"transformers cannot build this setup: {str(err).splitlines()[0]}") from None
+            model = apply_tuner(base, recipe, arch)
+            vocab = hf_config.get_text_config().vocab_size
+            rows = _rows(setup, vocab) * (recipe.train.grad_accum * TRACED_STEP)
+            args = training_arguments(recipe, run, has_eval=False)
+            args.logging_nan_inf_filter = False
+            args.logging_first_step = False
+            args.save_strategy = "no"
+            callbacks = [*tuner_callbacks(model, recipe), _phase_callback(ledger)]
+            trainer = Trainer(
+                model=model,
+                args=args,
+                train_dataset=rows,
+                data_collator=_Collator(make_collator(_PadTo(vocab))),
+                callbacks=callbacks,
+            )
+            trainer.remove_callback(PrinterCallback)  # the trace prints nothing of its own
+            trainer.create_optimizer()
+            for group in trainer.optimizer.param_groups:
+                if "foreach" in group and group.get("fused") is not True:
+                    group["foreach"] = True  # torch's default for CUDA parameters
+            handles = _install_hooks(model, ledger)
+            try:
+                trainer.train()
+            finally:
+                for handle in handles:
+                    handle.remove()
+    classified = getattr(ledger, "classified", None) or {}
+    phases = {
+        ph: PhasePeak(ledger.peaks.get((TRACED_STEP, ph), 0), classified.get(ph, dict.fromkeys(PARTS, 0)))
+        for ph in PHASES
+    }
+    del torch
+    result = Trace(layers, phases, time.perf_counter() - started)
+    if debug:
+        result.ledger = ledger
+    return result
+
+
+class _PadTo:
+    """What make_collator reads from a tokenizer: the pad id."""
+
+    def __init__(self, vocab: int) -> None:
+        self.pad_token_id = 0
+        self.eos_token_id = None
+        self.vocab = vocab
+
+
+def layer_period(config: dict[str, Any]) -> int:
+    """How many layers repeat: 2 where layers alternate (sliding/global attention, sparse MoE steps)."""
+    types = config.get("layer_types")
+    if isinstance(types, list) and len(set(types)) > 1:
+        return 2
+    if config.get("model_type") in ("gemma2", "gemma3", "cohere2") or config.get("decoder_sparse_step", 1) > 1:
+        return 2
+    return 1
+
+
+def depths(setup, config: dict[str, Any]) -> tuple[int, int]:
+    """The two depths a setup is traced at: past the layers it always trains (freeze's top K, LISA's
+    gamma), one layer period apart (models that alternate layer types repeat every two layers)."""
+    base = 0
+    if setup.tuner == "freeze":
+        base = setup.trainable_layers
+    elif setup.tuner == "lisa":
+        base = setup.lisa_layers
+    period = layer_period(config)
+    a = base + period
+    return a, a + period
+
+
+def trace_setup(config: dict[str, Any], setup, *, layers: tuple[int, int] | None = None) -> Verified:
+    """Trace at two depths and extrapolate linearly to the model's layer count."""
+    total = model_layers(config)
+    a, b = layers or depths(setup, config)
+    if b >= total:  # small enough to trace whole
+        t = trace(config, setup, total)
+        parts = {ph: {k: float(v) for k, v in p.parts.items()} for ph, p in t.phases.items()}
+        return Verified(
+            float(t.peak_allocated),
+            {ph: float(p.bytes) for ph, p in t.phases.items()},
+            parts,
+            (total, total),
+            total,
+            t.seconds,
+        )
+    ta, tb = trace(config, setup, a), trace(config, setup, b)
+
+    def at(x: float, y: float) -> float:
+        return x + (y - x) * (total - a) / (b - a)
+
+    phases = {ph: at(ta.phases[ph].bytes, tb.phases[ph].bytes) for ph in PHASES}
+    parts = {ph: {k: at(ta.phases[ph].parts[k], tb.phases[ph].parts[k]) for k in PARTS} for ph in PHASES}
+    return Verified(max(phases.values()), phases, parts, (a, b), total, ta.seconds + tb.seconds)
+
+
+# --- python -m runner.train.trace ----------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """stdin: {"config": {...}, "setup": {...Setup fields...}, "layers": [a, b] (optional)}.
+    stdout: one JSON object; whatever the libraries print goes to stderr."""
+    import os
+
+    from planner import Setup, SetupError
+
+    answer_fd = os.dup(1)
+    os.dup2(2, 1)  # DeepSpeed and others log to stdout when transformers imports them
+
+    def answer(obj: dict[str, Any], code: int) -> int:
+        sys.stdout.flush()
+        with os.fdopen(answer_fd, "w") as out:
+            out.write(json.dumps(obj) + "\n")
+        return code
+
+    try:
+        request = json.load(sys.stdin)
+        setup = Setup(**request["setup"])
+        layers = tuple(request["layers"]) if request.get("layers") else None
+        result = trace_setup(request["config"], setup, layers=layers)
+    except NotTraceable as err:
+        return answer({"traceable": False, "reason": str(err)}, 0)
+    except (KeyError, TypeError, ValueError, SetupError) as err:
+        return answer({"traceable": False, "reason": f"bad trace request: {err}"}, 2)
+    return answer({"traceable": True, **result.to_json()}, 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
