@@ -1,14 +1,22 @@
-"""How long `ftui plan` takes: whole command in a fresh process, and the planner call alone.
+"""How long `ftui plan` takes: whole command in a fresh process, and the planner call alone; then the cold
+start of `ftui plan --model 7b --gpus 8 --gpu a100-80g` against a bare `python -c "import rich.console,
+rich.table"`, the two run alternately (run by run, so machine noise hits both) and compared by their medians.
 
 python bench/plan_latency.py [--runs 10]
+
+The comparison runs twice: with the bytecode of every module cached (in a temporary PYTHONPYCACHEPREFIX,
+written by one warm-up run of each command; what an installed ftui sees), and in the environment as it is
+(with PYTHONDONTWRITEBYTECODE=1 the project's sources are compiled again on every run, rich's are not).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +48,38 @@ CASES = {
         "3",
     ],
 }
+
+
+PLAN_ARGV = ["-m", "tui.cli", "plan", "--model", "7b", "--gpus", "8", "--gpu", "a100-80g"]
+BASELINE_ARGV = ["-c", "import rich.console, rich.table"]
+BASELINE = 'python -c "import rich.console, rich.table"'
+COMPARED = {
+    "ftui plan --model 7b --gpus 8 --gpu a100-80g": PLAN_ARGV,
+    "ftui plan --model 7b --gpus 8 --gpu a100-80g --json": [*PLAN_ARGV, "--json"],
+}
+
+
+def _wall(argv: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def compare_with_rich(runs: int, env: dict[str, str], mode: str) -> None:
+    """Median wall time of each compared command and of the baseline, run alternately, and their ratio."""
+    commands = {"baseline": BASELINE_ARGV, **COMPARED}
+    for argv in commands.values():  # warm-up: the OS file cache, and the bytecode cache where there is one
+        _wall(argv, env)
+    walls: dict[str, list[float]] = {label: [] for label in commands}
+    for _ in range(runs):
+        for label, argv in commands.items():
+            walls[label].append(_wall(argv, env))
+    base = statistics.median(walls["baseline"])
+    print(f"cold start vs `{BASELINE}`, {runs} alternated runs, {mode}:")
+    print(f"  {BASELINE:52s} median {base * 1000:6.0f} ms")
+    for label in COMPARED:
+        med = statistics.median(walls[label])
+        print(f"  {label:52s} median {med * 1000:6.0f} ms   ratio {med / base:.2f}")
 
 
 def main() -> int:
@@ -74,6 +114,15 @@ def main() -> int:
             f"{label:45s} command median {statistics.median(walls) * 1000:6.0f} ms (max {max(walls) * 1000:.0f})"
             f" · planner call median {statistics.median(calls) * 1000:6.1f} ms"
         )
+    with tempfile.TemporaryDirectory(prefix="ftui-pycache-") as prefix:
+        cached = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        compare_with_rich(args.runs, {**cached, "PYTHONPYCACHEPREFIX": prefix}, "bytecode cached")
+    as_is = "environment as is" + (
+        " (PYTHONDONTWRITEBYTECODE set: the project's sources are compiled on every run)"
+        if os.environ.get("PYTHONDONTWRITEBYTECODE")
+        else ""
+    )
+    compare_with_rich(args.runs, dict(os.environ), as_is)
     return 0
 
 

@@ -371,6 +371,53 @@ def test_plan_does_not_import_the_training_stack(repo_root):
     assert proc.stdout.split() == ["0"], f"exit code and heavy modules imported: {proc.stdout!r}"
 
 
+NOT_FOR_PLAN = ("textual", "tui.app", "runner.launch", "runner.watch", "runner.recipe", "runner.data", "runner.rundir")
+NOT_FOR_PLAN += ("yaml", "torch", "transformers", "rich", "tui.train_cmd", "tui.runs_cmd", "tui.resume_cmd")
+"""Modules `ftui plan --json` never needs: the app, the runner's launch side, YAML recipes, the training stack,
+rich (only the tables use it), the other subcommands."""
+
+
+@pytest.mark.parametrize(
+    ("flags", "needed", "not_needed"),
+    [
+        # --gpu names the GPU: nothing of the runner at all (no NVML, no host RAM)
+        (["--gpu", "a100-80g"], ("planner", "tui.plan_cmd"), (*NOT_FOR_PLAN, "runner")),
+        # no --gpu: NVML (the fake `none` scenario here) and host RAM through runner.machine, nothing more
+        ([], ("planner", "tui.plan_cmd", "runner.machine.nvml"), NOT_FOR_PLAN),
+    ],
+    ids=["gpu-given", "gpus-from-nvml"],
+)
+def test_plan_imports_only_what_it_needs(repo_root, flags, needed, not_needed):
+    code = (
+        "import sys, contextlib, io\n"
+        "from tui.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        f"    rc = main(['plan', '--model', '7b', '--gpus', '8', *{flags!r}, '--json'])\n"
+        "loaded = lambda name: any(m == name or m.startswith(name + '.') for m in sys.modules)\n"
+        f"print(rc, ','.join(n for n in {needed!r} if not loaded(n)) or '-', "
+        f"','.join(n for n in {not_needed!r} if loaded(n)) or '-')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    rc, missing, extra = proc.stdout.split()
+    assert (rc, missing) == ("0", "-"), f"exit code {rc}; the check did not see {missing} imported"
+    assert extra == "-", f"ftui plan imported modules it does not need: {extra}"
+
+
+def test_help_lines_listed_without_importing_a_command_are_the_commands_own(capsys):
+    from tui.cli import ALL, COMMANDS, build_parser
+
+    own = {}
+    for action in build_parser(ALL)._subparsers._group_actions:  # every subcommand built for real
+        own.update({choice.dest: choice.help for choice in action._choices_actions})
+    assert own == {name: help_line for name, (_, help_line) in COMMANDS.items()}
+    code, out, _ = ftui(capsys, "--help")
+    assert code == 0
+    words = " ".join(out.split())  # argparse wraps long help lines at the terminal width
+    for name, (_, help_line) in COMMANDS.items():
+        assert f" {name} {help_line} " in words, f"--help does not list {name} with its help line"
+
+
 def test_dataset_json_scalar_is_a_user_error(capsys, tmp_path):
     data = tmp_path / "scalar.json"
     data.write_text("42\n")

@@ -1,6 +1,7 @@
 """Bare `ftui` (the app) and `ftui monitor RUN` (the app opened on one run).
 
-Textual is imported only here, when the app starts, so `ftui plan` and friends stay fast.
+Textual is imported only here, when the app starts, so `ftui plan` and friends stay fast; `tui.cli` imports
+this module for the app's options on every command, so the runner is imported inside the functions too.
 """
 
 from __future__ import annotations
@@ -8,8 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-from runner.rundir.runs import RunError, default_runs_dir, find_run
 
 from .errors import CliError
 
@@ -75,6 +74,7 @@ def launch_recipe(recipe: Path) -> Path:
 def run_app(args: argparse.Namespace, open_run: str | None = None, extra_watch: list[Path] | None = None) -> int:
     _needs_terminal()
     from runner.machine.host import host_ram_bytes
+    from runner.rundir.runs import default_runs_dir
     from runner.watch.sources import DirRunSource, NvmlGpuSource
 
     from .app.app import FtuiApp
@@ -110,6 +110,8 @@ def _run_demo() -> int:
 
 
 def run_monitor(args: argparse.Namespace) -> int:
+    from runner.rundir.runs import RunError, default_runs_dir, find_run
+
     root = (args.runs_dir or default_runs_dir()).expanduser().resolve()
     ref = Path(args.run_ref).expanduser()
     try:

@@ -1,13 +1,19 @@
-"""The `ftui` command: one entry point, one module per subcommand."""
+"""The `ftui` command: one entry point, one module per subcommand.
+
+Only the chosen subcommand's module is imported (with what it needs): `ftui plan` never loads the runner,
+YAML or textual. The other subcommands appear in the parser as stubs that carry just their name and help
+line, enough for `ftui --help` and for argparse's "invalid choice" message.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from typing import Sequence
 
-from . import app_cmd, gpus_cmd, logs_cmd, plan_cmd, recipes_cmd, resume_cmd, runs_cmd, stop_cmd, train_cmd
+from . import app_cmd
 from .errors import CliError
 
 
@@ -16,10 +22,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ftui: error: {message}\n(see `{self.prog} --help`)\n")
 
 
-COMMANDS = (plan_cmd, gpus_cmd, train_cmd, runs_cmd, app_cmd, logs_cmd, stop_cmd, resume_cmd, recipes_cmd)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "plan": ("tui.plan_cmd", "dry-run memory and throughput plan"),
+    "gpus": ("tui.gpus_cmd", "the local NVIDIA GPUs, from NVML"),
+    "train": ("tui.train_cmd", "launch a training run from a recipe (detached)"),
+    "runs": ("tui.runs_cmd", "list runs with status, step, loss and ETA"),
+    "monitor": ("tui.app_cmd", "live view of one run (loss chart, speed, ETA, memory, log)"),
+    "logs": ("tui.logs_cmd", "show a run's log"),
+    "stop": ("tui.stop_cmd", "stop a run gracefully (a second stop kills it)"),
+    "resume": ("tui.resume_cmd", "resume a stopped or dead run from its newest complete checkpoint"),
+    "recipes": ("tui.recipes_cmd", "list the shipped recipes, or show one"),
+}
+"""Subcommand -> (module whose `add_parser(sub)` builds it, its help line in `ftui --help`)."""
+
+ALL = "*"
+"""build_parser(ALL): every subcommand fully built (imports every subcommand module)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = ALL) -> argparse.ArgumentParser:
+    """The `ftui` parser with `command` fully built (ALL: every one) and the others as stubs."""
     parser = _Parser(
         prog="ftui",
         description="Fine-tune large language models from the terminal: plan memory, "
@@ -27,14 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     app_cmd.add_app_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in COMMANDS:
-        module.add_parser(sub)
+    for name, (module, help_line) in COMMANDS.items():
+        if command in (ALL, name):
+            importlib.import_module(module).add_parser(sub)
+        else:  # a stub: takes no arguments of its own, so parse_known_args leaves them as extras
+            sub.add_parser(name, help=help_line, add_help=False)
     return parser
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Find the subcommand with a parser of stubs, then parse `argv` for real with only that one built."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen, _ = build_parser(None).parse_known_args(argv)  # top-level errors and --help end here, as before
+    return build_parser(chosen.command).parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(argv)
     try:
         if args.command is None:
             return app_cmd.run_app(args)

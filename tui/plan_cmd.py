@@ -8,11 +8,8 @@ import sys
 
 from planner import Cluster, Setup, SetupError, UnknownModel, generic_gpu, gpu_spec, make_plan, resolve_model
 from planner.catalog import entries
-from planner.dataset_stats import DatasetError, dataset_stats
 from planner.gpus import GPUS, GpuSpec, match_nvml_name
 from planner.setup import ATTENTIONS, OFFLOADS, OPTIMIZERS, PRECISIONS, QUANTS, TUNERS
-from runner.machine.host import host_ram_bytes
-from runner.machine.nvml import NoGpu, local_gpus
 
 from . import plan_view
 from .errors import CliError
@@ -158,6 +155,9 @@ def resolve_cluster(args: argparse.Namespace) -> tuple[Cluster, str]:
         return Cluster(spec, args.gpus or 1, args.nodes, host), "--gpu"
     if args.gpu_mem:
         return Cluster(generic_gpu(args.gpu_mem), args.gpus or 1, args.nodes, host), "--gpu-mem"
+    from runner.machine.host import host_ram_bytes
+    from runner.machine.nvml import NoGpu, local_gpus
+
     try:
         found = local_gpus()
     except NoGpu as err:
@@ -220,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
     cluster, gpu_source = resolve_cluster(args)
     stats = None
     if args.dataset:
+        from planner.dataset_stats import DatasetError, dataset_stats
+
         try:
             stats = dataset_stats(args.dataset)
         except DatasetError as err:
