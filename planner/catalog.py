@@ -2,18 +2,22 @@
 
 Each shipped model is one JSON file in `planner/models/` holding its Hugging Face config.json
 verbatim plus names and aliases. `resolve_model` also accepts size aliases (`7b`), a local model
-directory or config.json, and ids found in the local Hugging Face cache (never the network).
+directory or config.json, ids found in the local Hugging Face cache, and any other Hub id `org/name`,
+whose config.json alone is then fetched into that cache (`planner.hub`). `load_config` gives the raw
+config.json of any of these, whatever its model_type.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
+from . import hub
 from .arch import Architecture
 from .hfconfig import ConfigError, architecture_from_config
 
@@ -51,7 +55,7 @@ SIZE_ALIASES = {
 
 
 class UnknownModel(LookupError):
-    """No catalog entry, path or cached config matches; the message lists close names."""
+    """No catalog entry, path, cached or Hub config matches; the message (one line) says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class ModelEntry:
     config: dict
     published_params: int | None = None
     source: str = "catalog"
-    """`catalog`, `size alias`, `path` or `hf cache`."""
+    """`catalog`, `size alias NAME`, `path FILE`, `local HF cache (ID)` or `Hugging Face Hub (ID)`."""
 
     @property
     def arch(self) -> Architecture:
@@ -115,13 +119,57 @@ def names() -> list[str]:
 
 
 def resolve_model(name: str) -> ModelEntry:
-    """The model a user means by `name` (catalog name, alias, size, HF id, path or cached id)."""
+    """The model a user means by `name` (catalog name, alias, size, HF id, path, cached or Hub id)."""
+    found = _locate(name)
+    if found.entry is not None:
+        return found.entry
+    try:
+        architecture_from_config(found.config)
+    except ConfigError as err:
+        raise UnknownModel(f"{found.where}: {err}") from None
+    return ModelEntry(
+        found.label,
+        found.hf_id or found.config.get("_name_or_path", ""),
+        (),
+        found.config.get("model_type", ""),
+        found.config,
+        source=found.source,
+    )
+
+
+def load_config(name: str) -> tuple[dict, str]:
+    """The raw config.json of the model `name` means, and where it came from ("catalog (llama-2-7b)",
+    "path /abs/config.json", "local HF cache (org/name)", "Hugging Face Hub (org/name)"), for any
+    model_type, including those the planner has no reader for. Raises UnknownModel like `resolve_model`."""
+    found = _locate(name)
+    if found.entry is not None:
+        return copy.deepcopy(found.entry.config), found.describe
+    return found.config, found.source
+
+
+@dataclass(frozen=True)
+class _Found:
+    """Where a name led: a ready catalog entry, or a config.json read from a file."""
+
+    config: dict
+    source: str
+    label: str = ""
+    hf_id: str = ""
+    where: str = ""
+    """What an error about this config names: its file, or the Hub id."""
+    entry: ModelEntry | None = None
+    describe: str = ""
+    """For catalog entries: the source `load_config` reports."""
+
+
+def _locate(name: str) -> _Found:
     key = _norm(name)
     if key in _index():
-        return _index()[key]
+        entry = _index()[key]
+        return _Found(entry.config, entry.source, entry=entry, describe=f"catalog ({entry.name})")
     if key in SIZE_ALIASES:
         entry = _index()[SIZE_ALIASES[key]]
-        return ModelEntry(
+        alias = ModelEntry(
             entry.name,
             entry.hf_id,
             entry.aliases,
@@ -130,49 +178,67 @@ def resolve_model(name: str) -> ModelEntry:
             entry.published_params,
             source=f"size alias {name}",
         )
+        return _Found(entry.config, alias.source, entry=alias, describe=f"size alias {name} ({entry.name})")
     path = Path(os.path.expanduser(name))
     if path.exists():
         return _from_path(path)
     cached = _hf_cache_config(name)
     if cached is not None:
-        return _from_path(cached, source=f"local HF cache ({name})", label=name)
-    raise UnknownModel(_unknown_message(name))
+        found = _from_path(cached, source=f"local HF cache ({name})", label=name)
+        return replace(found, where=f"{name.strip()} (local HF cache, {cached})")
+    if "/" not in name:
+        raise UnknownModel(_unknown_message(name))
+    repo_id = name.strip()
+    if not hub.looks_like_repo_id(repo_id):
+        raise UnknownModel(
+            f"{name!r} is neither an existing path nor a Hugging Face model id (org/name): check the path, "
+            "or use a catalog name (ftui plan --list-models)"
+        )
+    try:
+        config_path = hub.fetch_config(repo_id)
+    except hub.HubError as err:
+        raise UnknownModel(str(err)) from None
+    source = f"Hugging Face Hub ({repo_id})"
+    config = _read_config(config_path, f"config.json of {repo_id} from the Hugging Face Hub ({config_path})")
+    return _Found(config, source, label=repo_id, hf_id=repo_id, where=f"{repo_id} (Hugging Face Hub)")
 
 
-def _from_path(path: Path, source: str = "path", label: str | None = None) -> ModelEntry:
+def _from_path(path: Path, source: str = "path", label: str | None = None) -> _Found:
     config_path = path / "config.json" if path.is_dir() else path
     if not config_path.is_file():
         raise UnknownModel(f"{path} has no config.json; point --model at a model directory or its config.json")
+    config = _read_config(config_path, str(config_path))
+    label = label or (path.name if path.is_dir() else path.parent.name)
+    source = source if source != "path" else f"path {config_path.resolve()}"
+    return _Found(config, source, label=label, where=str(config_path))
+
+
+def _read_config(config_path: Path, what: str) -> dict:
+    """The JSON object in `config_path`; `what` names the file in errors."""
     try:
         config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UnknownModel(f"cannot read {config_path}: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UnknownModel(f"cannot read {what}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise UnknownModel(f"cannot read {what}: not valid JSON ({err})") from None
     if not isinstance(config, dict):
-        raise UnknownModel(f"{config_path} is not a JSON object")
-    try:
-        architecture_from_config(config)
-    except ConfigError as err:
-        raise UnknownModel(f"{config_path}: {err}") from None
-    label = label or (path.name if path.is_dir() else path.parent.name)
-    return ModelEntry(
-        label,
-        config.get("_name_or_path", ""),
-        (),
-        config.get("model_type", ""),
-        config,
-        source=source if source != "path" else f"path {config_path.resolve()}",
-    )
+        raise UnknownModel(
+            f"{what} is not a JSON object (it holds a {type(config).__name__}); a model's config.json maps "
+            "keys like model_type and hidden_size to values"
+        )
+    return config
 
 
 def hf_cache_dirs() -> list[Path]:
-    """Where the Hugging Face hub cache lives (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)."""
-    dirs = []
+    """Where the Hugging Face hub cache lives: where huggingface_hub writes (`hub.hub_cache_dir`), then
+    HF_HUB_CACHE, HF_HOME/hub and ~/.cache/huggingface/hub."""
+    dirs = [hub.hub_cache_dir()]
     if os.environ.get("HF_HUB_CACHE"):
         dirs.append(Path(os.environ["HF_HUB_CACHE"]))
     if os.environ.get("HF_HOME"):
         dirs.append(Path(os.environ["HF_HOME"]) / "hub")
     dirs.append(Path.home() / ".cache" / "huggingface" / "hub")
-    return dirs
+    return list(dict.fromkeys(dirs))
 
 
 def _hf_cache_config(repo_id: str) -> Path | None:
