@@ -19,8 +19,8 @@ as a CUDA run on real data would:
   the same tensors (q, k, v, the output and the log-sum-exp);
 - AdamW runs its foreach implementation (torch's default on CUDA; the CPU default is per tensor);
 - a value read back to Python (`.item()`: Adam's step count, a norm) reads as 1;
-- fp16-mixed is traced as bf16-mixed on the CPU (the same byte widths; CPU autocast has no fp16).
-Autocast follows the CPU's op lists, which agree with CUDA's for the ops of these models' layers.
+- fp16-mixed is traced as bf16-mixed on the CPU (the same byte widths; CPU autocast has no fp16);
+- autocast runs CUDA's fp32 list (pow, layer_norm, softmax, exp, ...), not the CPU's shorter one.
 
 Depth: a trace builds `layers` decoder layers. `trace_setup` traces two depths and extrapolates
 every figure linearly to the model's layer count (every layer adds the same bytes), which a test
@@ -267,6 +267,49 @@ def _placed_modules():
 
 
 @contextlib.contextmanager
+def _cuda_autocast_policy():
+    """CPU autocast with CUDA's fp32 list for the ops these models call on 16-bit tensors.
+
+    CUDA's autocast runs pow, layer_norm, group_norm, softmax, log_softmax, exp, log, rsqrt, norm and
+    cumsum in fp32 (torch's autocast op reference, "CUDA Ops that can autocast to float32"); CPU
+    autocast does not (phi's gelu_new `pow`, the LayerNorms of phi, falcon and GPT-NeoX would stay
+    16-bit). Inside an autocast region these functions get their 16-bit inputs cast to fp32 and run
+    in fp32, as on a GPU. Python-level wrappers, so checkpointing's recomputation sees them too."""
+    import torch
+    import torch.nn.functional as F
+
+    low = (torch.bfloat16, torch.float16)
+
+    def up(x):
+        if isinstance(x, torch.Tensor) and x.dtype in low:
+            return x.float()
+        return x
+
+    def fp32(original):
+        def run(*args, **kwargs):
+            if not torch.is_autocast_enabled("cpu") or kwargs.get("dtype") is not None:
+                return original(*args, **kwargs)
+            if not any(isinstance(a, torch.Tensor) and a.dtype in low for a in (*args, *kwargs.values())):
+                return original(*args, **kwargs)
+            with torch.autocast("cpu", enabled=False):
+                return original(*(up(a) for a in args), **{k: up(v) for k, v in kwargs.items()})
+
+        return run
+
+    targets = [(torch, name) for name in ("pow", "exp", "log", "rsqrt", "norm", "cumsum")]
+    targets += [(torch.Tensor, name) for name in ("pow", "__pow__", "__rpow__", "exp", "log", "rsqrt", "cumsum")]
+    targets += [(F, name) for name in ("layer_norm", "group_norm", "softmax", "log_softmax")]
+    saved = [(owner, name, getattr(owner, name)) for owner, name in targets]
+    for owner, name, original in saved:
+        setattr(owner, name, fp32(original))
+    try:
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+@contextlib.contextmanager
 def _unpacked_batches():
     """transformers looks for packed sequences in the position ids; on fake tensors it cannot look
     and assumes they may be packed, which builds a 4-D mask. The traced rows are never packed (a
@@ -486,6 +529,7 @@ def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) ->
         _cuda_dropout(),
         _placed_modules(),
         _unpacked_batches(),
+        _cuda_autocast_policy(),
     ):
         from runner.rundir.runs import RunDir
 
