@@ -45,11 +45,22 @@ FLAGS = {
 }
 
 
+class Unsupported(RuntimeError):
+    """A row whose setup the planner does not model yet."""
+
+
 def plan_argv(row: dict[str, str]) -> list[str]:
     argv = ["plan", "--json", "--model", row["model"]]
+    if row.get("zero") == "fsdp":
+        raise Unsupported("FSDP is not modelled by the planner yet")
     for column, flag in FLAGS.items():
-        if row.get(column):
-            argv += [flag, row[column]]
+        value = row.get(column)
+        if not value:
+            continue
+        if column == "gpu" and value.startswith("mem:"):  # usable memory in GiB, GPU type unknown
+            argv += ["--gpu-mem", value.removeprefix("mem:")]
+            continue
+        argv += [flag, value]
     if row.get("grad_ckpt") in ("0", "1"):
         argv.append("--grad-ckpt" if row["grad_ckpt"] == "1" else "--no-grad-ckpt")
     return argv
@@ -58,7 +69,10 @@ def plan_argv(row: dict[str, str]) -> list[str]:
 def run_plan(argv: list[str]) -> dict:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = ftui(argv)
+        try:
+            code = ftui(argv)
+        except SystemExit as exit_:  # argparse refused a flag
+            code = exit_.code if isinstance(exit_.code, int) else 2
     if code != 0:
         raise RuntimeError(err.getvalue().strip())
     return json.loads(out.getvalue())["estimate"]
@@ -80,6 +94,9 @@ def main() -> int:
     for row in rows:
         try:
             est = run_plan(plan_argv(row))
+        except Unsupported as err:
+            print(f"{row['id']:6} skipped: {err}")
+            continue
         except RuntimeError as err:
             print(f"{row['id']:6} could not plan: {err}")
             continue

@@ -58,6 +58,14 @@ class UnknownModel(LookupError):
     """No catalog entry, path, cached or Hub config matches; the message (one line) says why and what to do."""
 
 
+class UnreadableModel(UnknownModel):
+    """The config.json was found, but the planner has no reader for its model_type (`config` holds it)."""
+
+    def __init__(self, message: str, config: dict) -> None:
+        super().__init__(message)
+        self.config = config
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
@@ -118,15 +126,16 @@ def names() -> list[str]:
     return [e.name for e in entries()]
 
 
-def resolve_model(name: str) -> ModelEntry:
-    """The model a user means by `name` (catalog name, alias, size, HF id, path, cached or Hub id)."""
-    found = _locate(name)
+def resolve_model(name: str, *, fetch: bool = True) -> ModelEntry:
+    """The model a user means by `name` (catalog name, alias, size, HF id, path, cached or Hub id).
+    `fetch=False`: never ask the Hub (the app's planner, re-planning on every keystroke)."""
+    found = _locate(name, fetch)
     if found.entry is not None:
         return found.entry
     try:
         architecture_from_config(found.config)
     except ConfigError as err:
-        raise UnknownModel(f"{found.where}: {err}") from None
+        raise UnreadableModel(f"{found.where}: {err}", found.config) from None
     return ModelEntry(
         found.label,
         found.hf_id or found.config.get("_name_or_path", ""),
@@ -162,7 +171,7 @@ class _Found:
     """For catalog entries: the source `load_config` reports."""
 
 
-def _locate(name: str) -> _Found:
+def _locate(name: str, fetch: bool = True) -> _Found:
     key = _norm(name)
     if key in _index():
         entry = _index()[key]
@@ -193,6 +202,10 @@ def _locate(name: str) -> _Found:
         raise UnknownModel(
             f"{name!r} is neither an existing path nor a Hugging Face model id (org/name): check the path, "
             "or use a catalog name (ftui plan --list-models)"
+        )
+    if not fetch:
+        raise UnknownModel(
+            f"{repo_id} is not in the catalog or the local HF cache; press enter to fetch its config.json"
         )
     try:
         config_path = hub.fetch_config(repo_id)

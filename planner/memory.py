@@ -125,6 +125,14 @@ class MemoryEstimate:
     def fits(self) -> bool:
         return self.required <= self.capacity_bytes - USABLE_MARGIN
 
+    def traceable_parts(self, phase: str) -> dict[str, float]:
+        """Allocated bytes per part at `phase` that a CPU trace of the step can see (no CUDA libraries)."""
+        parts = dict.fromkeys(PARTS, 0.0)
+        for t in self.terms:
+            if phase in t.phases and t.pool == "allocated" and t.name not in CUDA_ONLY_TERMS:
+                parts[t.part] += t.bytes
+        return parts
+
 
 USABLE_MARGIN = 0.25 * GIB
 """NVML's total includes memory no process can get (driver reservations, page-table overhead)."""

@@ -150,6 +150,19 @@ async def test_enter_on_an_alternative_plans_that_tuner_and_stage():
         assert planner.outcome.setup.zero == int(str(rows[target][1]).split("-")[0])
 
 
+async def test_ctrl_t_traces_the_shown_setup_beside_the_bar():
+    pytest.importorskip("torch")
+    app = make_app("8xh100")
+    async with app.run_test(size=SIZE) as pilot:
+        planner = await type_model(app, pilot, "qwen2.5-0.5b")
+        await pilot.press("ctrl+t")
+        await until(pilot, lambda: "tracing" in text_of(app, "#plan-verify"), what="the trace starting")
+        await until(pilot, lambda: "traced" in text_of(app, "#plan-verify"), timeout=120, what="the traced figure")
+        line = text_of(app, "#plan-verify")
+        assert "peak allocated" in line and "planned" in line and "%" in line
+        assert planner.outcome.setup is not None
+
+
 # --- launch ------------------------------------------------------------------------------------
 
 

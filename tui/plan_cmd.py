@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
 from planner import Cluster, Setup, SetupError, UnknownModel, generic_gpu, gpu_spec, make_plan, resolve_model
-from planner.catalog import entries
+from planner.catalog import UnreadableModel, entries
 from planner.gpus import GPUS, GpuSpec, match_nvml_name
 from planner.setup import ATTENTIONS, OFFLOADS, OPTIMIZERS, PRECISIONS, QUANTS, TUNERS
 
@@ -94,6 +95,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="target sequences per optimizer step, for gradient accumulation (default 64)",
     )
     p.add_argument("--dataset", metavar="PATH", help="data file whose token lengths set --seq-len and epoch time")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also trace ftui's own training step on the CPU (fake tensors; needs ftui[train]), shown beside the plan",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
 
@@ -215,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         model = resolve_model(args.model)
+    except UnreadableModel as err:
+        return traced_only(args, err.config)
     except UnknownModel as err:
         raise CliError(f"--model: {err}") from None
     cluster, gpu_source = resolve_cluster(args)
@@ -235,9 +243,61 @@ def run(args: argparse.Namespace) -> int:
     result = make_plan(
         model, setup, cluster, recommend_tuner=args.tuner is None, global_batch=args.global_batch, fixed=fixed
     )
+    verified = None
+    if args.verify:
+        planned = result.estimate.setup if result.estimate is not None else setup
+        verified = _verify(model.config, planned)
+    mem = result.estimate.memory if result.estimate is not None else None
     if args.json:
-        json.dump(plan_view.to_json(result, gpu_source, stats), sys.stdout, indent=2)
+        out = plan_view.to_json(result, gpu_source, stats)
+        if verified is not None:
+            out["verified"] = plan_view.verified_json(verified, mem)
+        json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         plan_view.render(result, gpu_source, stats)
+        if verified is not None:
+            plan_view.render_verified(verified, mem)
+    return 0
+
+
+def _verify(config: dict, setup: Setup) -> dict:
+    from runner.launch.verify import VerifyError, trace
+
+    try:
+        return trace(config, setup)
+    except VerifyError as err:
+        raise CliError(f"--verify: {err}") from None
+
+
+def traced_only(args: argparse.Namespace, config: dict) -> int:
+    """A model type the planner has no reader for: the trace of the setup is the plan."""
+    model_type = config.get("model_type") or "unknown"
+    print(f"ftui: no reader for model type {model_type}: traced only", file=sys.stderr)
+    if args.tuner is None:
+        print(
+            "ftui: no recommendation without a reader; tracing --tuner lora (pass --tuner to choose)", file=sys.stderr
+        )
+    cluster, gpu_source = resolve_cluster(args)
+    setup, _ = build_setup(args, cluster, args.seq_len or 2048)
+    if setup.adapters and setup.lora_targets != "all-linear":
+        raise CliError("--lora-targets: only all-linear works for a model type the planner cannot read")
+    verified = _verify(config, setup)
+    if args.json:
+        out = {
+            "model": {"name": args.model, "model_type": model_type, "traced_only": True},
+            "cluster": {"gpu": cluster.gpu.key, "gpu_memory_gib": round(cluster.gpu.memory_gib, 2)},
+            "setup": dataclasses.asdict(setup),
+            "verified": verified,
+        }
+        json.dump(out, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(f"{args.model} ({model_type}) on {cluster.gpu.name}: {setup.summary()}")
+        plan_view.render_verified(verified, None)
+        if verified.get("traceable"):
+            print(
+                f"traced peak allocated {verified['peak_allocated_gib']:.2f} GiB of {cluster.gpu.memory_gib:.0f} GiB; "
+                "the CUDA context and allocator slack (1-2 GiB) come on top"
+            )
     return 0

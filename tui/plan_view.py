@@ -228,3 +228,78 @@ def print_models(models: Iterable[ModelEntry], as_json: bool = False) -> None:
             m.hf_id,
         )
     _console().print(t)
+
+
+# --- --verify ------------------------------------------------------------------------------
+
+
+def traced_phase(verified: dict[str, Any], planner_phase: str) -> float:
+    """The traced GiB to set beside a planner phase: its `backward` is the forward and backward pass."""
+    phases = verified["phases"]
+    if planner_phase == "backward":
+        return max(phases["forward"]["allocated_gib"], phases["backward"]["allocated_gib"])
+    return phases["step"]["allocated_gib"]
+
+
+def verified_json(verified: dict[str, Any], mem: MemoryEstimate | None) -> dict[str, Any]:
+    """The `verified` key: the trace's answer, plus the planner's figures on the same footing."""
+    out = dict(verified)
+    if mem is not None and verified.get("traceable"):
+        out["planned"] = {
+            "peak_allocated_gib": gib(max(sum(mem.traceable_parts(ph).values()) for ph in PHASES)),
+            "phases": {ph: {"allocated_gib": gib(sum(mem.traceable_parts(ph).values()))} for ph in PHASES},
+            "parts": {ph: {k: gib(v) for k, v in mem.traceable_parts(ph).items()} for ph in PHASES},
+        }
+    return out
+
+
+def render_verified(verified: dict[str, Any], mem: MemoryEstimate | None) -> None:
+    """Planned and traced allocated peaks side by side, per phase and per part."""
+    from rich.table import Table
+
+    console = _console()
+    console.print()
+    if not verified.get("traceable"):
+        console.print(f"[yellow]not traceable[/yellow]: {verified.get('reason', 'unknown reason')}")
+        return
+    a, b = verified["layers_traced"]
+    depth = f"{a} layers traced whole" if a == b else f"{a} and {b} layers traced, extrapolated to {verified['layers']}"
+    console.print(
+        f"[bold]Verified[/bold] against a trace of ftui's own training step (fake tensors on the CPU, {depth}, "
+        f"{verified['seconds']:.1f} s); allocated memory only, without CUDA's own buffers"
+    )
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("phase")
+    if mem is not None:
+        table.add_column("planned GiB", justify="right")
+    table.add_column("traced GiB", justify="right")
+    if mem is not None:
+        table.add_column("difference", justify="right")
+    names = {"backward": "forward + backward", "step": "optimizer step"}
+    for phase in PHASES:
+        traced = traced_phase(verified, phase)
+        row = [names[phase]]
+        if mem is not None:
+            planned = sum(mem.traceable_parts(phase).values()) / GIB
+            diff = f"{100 * (planned / traced - 1):+.1f} %" if traced else "-"
+            row += [f"{planned:.2f}", f"{traced:.2f}", diff]
+        else:
+            row.append(f"{traced:.2f}")
+        table.add_row(*row)
+    console.print(table)
+    console.print("by part, at the forward + backward peak:")
+    parts = Table(show_edge=False, pad_edge=False)
+    parts.add_column("part")
+    if mem is not None:
+        parts.add_column("planned GiB", justify="right")
+    parts.add_column("traced GiB", justify="right")
+    fwd, bwd = verified["phases"]["forward"]["allocated_gib"], verified["phases"]["backward"]["allocated_gib"]
+    traced_parts = verified["parts"]["forward" if fwd >= bwd else "backward"]
+    planned_parts = mem.traceable_parts("backward") if mem is not None else {}
+    for part in (*PARTS, "temporaries"):
+        traced = traced_parts.get(part, 0.0)
+        planned = planned_parts.get(part, 0.0) / GIB
+        if not traced and not planned:
+            continue
+        parts.add_row(part, *([f"{planned:.2f}"] if mem is not None else []), f"{traced:.2f}")
+    console.print(parts)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from planner import Cluster, Setup, architecture_from_config, estimate, gpu_spec
-from planner.memory import CUDA_ONLY_TERMS, PARTS
+from planner.memory import PARTS
 
 from .trace import NotTraceable, trace_setup, truncated_config
 
@@ -43,14 +43,7 @@ def catalog_config(name: str) -> dict[str, Any]:
 def analytic(config: dict[str, Any], setup: Setup) -> dict[str, dict[str, float]]:
     """Allocated bytes per phase and part, as the trace can see them (no CUDA-only terms)."""
     mem = estimate(architecture_from_config(config), setup, Cluster(gpu_spec("h100")))
-    out: dict[str, dict[str, float]] = {}
-    for phase in ("backward", "step"):
-        parts = dict.fromkeys(PARTS, 0.0)
-        for term in mem.terms:
-            if phase in term.phases and term.pool == "allocated" and term.name not in CUDA_ONLY_TERMS:
-                parts[term.part] += term.bytes
-        out[phase] = parts
-    return out
+    return {phase: mem.traceable_parts(phase) for phase in ("backward", "step")}
 
 
 def compare(model: str, knobs: dict[str, Any], *, layers: int | None = None) -> dict[str, Any]:

@@ -117,12 +117,13 @@ def _namespace(form: PlanForm) -> argparse.Namespace:
     )
 
 
-def compute(form: PlanForm, detected: Detected | None) -> PlanOutcome:
-    """The plan for the form's values, or the first thing wrong with them."""
+def compute(form: PlanForm, detected: Detected | None, *, fetch: bool = False) -> PlanOutcome:
+    """The plan for the form's values, or the first thing wrong with them (`fetch`: a Hub id not in the
+    local cache may be fetched; only on enter, never per keystroke)."""
     if not form.model.strip():
         return PlanOutcome(error="model: type a name (qwen2.5-7b, llama-3.1-8b, 7b…) or a model directory")
     try:
-        model = resolve_model(form.model.strip())
+        model = resolve_model(form.model.strip(), fetch=fetch)
     except UnknownModel as err:
         return PlanOutcome(error=f"model: {err}")
     try:

@@ -67,6 +67,20 @@ def stacked_bar(outcome: PlanOutcome, width: int) -> Text:
     return Text("\n").join([bar, legend])
 
 
+def verify_line(outcome: PlanOutcome, answer: dict) -> Text:
+    """The traced peak beside the planned one (allocated memory, as the trace counts it)."""
+    if not answer.get("traceable"):
+        return Text(f"not traceable: {answer.get('reason', '')}", style="yellow")
+    mem = outcome.plan.estimate.memory
+    planned = max(sum(mem.traceable_parts(ph).values()) for ph in ("backward", "step")) / GIB
+    traced = answer["peak_allocated_gib"]
+    diff = 100 * (planned / traced - 1) if traced else 0.0
+    text = Text("traced ", style="bold")
+    text.append(f"peak allocated {traced:.1f} GiB · planned {planned:.1f} GiB ({diff:+.1f} %)")
+    text.append(f" · {answer['seconds']:.1f} s", style="grey50")
+    return text
+
+
 class AlternativesTable(DataTable):
     """The setups the recommender weighed; the footer says what enter does here."""
 
@@ -76,7 +90,11 @@ class AlternativesTable(DataTable):
 class PlannerTab(Horizontal):
     """Model, GPUs and settings in; memory, fit, speed and alternatives out."""
 
-    BINDINGS = [Binding("ctrl+l", "launch", "launch…"), Binding("escape", "leave", "leave field")]
+    BINDINGS = [
+        Binding("ctrl+l", "launch", "launch…"),
+        Binding("ctrl+t", "verify", "trace"),
+        Binding("escape", "leave", "leave field"),
+    ]
 
     detected: reactive[Detected | None] = reactive(None, init=False)
     outcome: reactive[PlanOutcome | None] = reactive(None, init=False)
@@ -122,6 +140,7 @@ class PlannerTab(Horizontal):
         with VerticalScroll(id="plan-result"):
             yield Static("Type a model to plan.", id="plan-title")
             yield Static(id="plan-bar")
+            yield Static(id="plan-verify")
             yield Static(id="plan-numbers")
             yield Static(id="plan-reasons")
             table = AlternativesTable(id="plan-alts", cursor_type="row", zebra_stripes=True)
@@ -189,6 +208,12 @@ class PlannerTab(Horizontal):
         event.stop()
         self.recompute()
 
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in the model field: a Hub id not in the local cache is fetched (never per keystroke)."""
+        if event.input.id == "f-model":
+            event.stop()
+            self._plan(self.form(), self.detected, True)
+
     def on_select_changed(self, event: Select.Changed) -> None:
         event.stop()
         self.recompute()
@@ -197,10 +222,27 @@ class PlannerTab(Horizontal):
         self._plan(self.form(), self.detected)
 
     @work(thread=True, exclusive=True, group="plan")
-    def _plan(self, form: PlanForm, detected: Detected | None) -> None:
-        outcome = compute(form, detected)
+    def _plan(self, form: PlanForm, detected: Detected | None, fetch: bool = False) -> None:
+        outcome = compute(form, detected, fetch=fetch)
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(setattr, self, "outcome", outcome)
+
+    @work(thread=True, exclusive=True, group="verify")
+    def _trace(self, outcome: PlanOutcome) -> None:
+        """The trace of ftui's own training step for the shown setup (a child process; seconds)."""
+        from runner.launch.verify import VerifyError, trace
+
+        try:
+            answer = trace(outcome.model.config, outcome.setup)
+        except VerifyError as err:
+            answer = {"traceable": False, "reason": str(err)}
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._show_trace, outcome, answer)
+
+    def _show_trace(self, outcome: PlanOutcome, answer: dict) -> None:
+        if self.outcome is not outcome:
+            return  # the plan changed while it traced
+        self.query_one("#plan-verify", Static).update(verify_line(outcome, answer))
 
     # --- the answer ----------------------------------------------------------------------------
 
@@ -208,6 +250,7 @@ class PlannerTab(Horizontal):
         title = self.query_one("#plan-title", Static)
         parts = [self.query_one(f"#plan-{name}", Static) for name in ("bar", "numbers", "reasons")]
         table = self.query_one("#plan-alts", DataTable)
+        self.query_one("#plan-verify", Static).update("")  # a trace belongs to the plan it traced
         table.clear()
         table.display = outcome.plan is not None and outcome.plan.recommendation is not None
         if outcome.plan is None:
@@ -281,6 +324,14 @@ class PlannerTab(Horizontal):
     def action_leave(self) -> None:
         """Out of the form (so g / r / q switch tabs and quit again): to the alternatives table."""
         self.query_one("#plan-alts", DataTable).focus()
+
+    def action_verify(self) -> None:
+        outcome = self.outcome
+        if outcome is None or outcome.setup is None:
+            self.notify("Nothing to trace yet: the plan needs a model, a GPU and a setup.", severity="warning")
+            return
+        self.query_one("#plan-verify", Static).update(Text("tracing ftui's own training step…", style="italic"))
+        self._trace(outcome)
 
     def action_launch(self) -> None:
         outcome = self.outcome
