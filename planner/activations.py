@@ -110,15 +110,21 @@ def block_activations(
 
     # Inputs kept for weight gradients: each distinct activation once if any trained reader.
     kept_inputs: set[str] = set()
+    # peft's LoRA on fused experts (transformers 5) adapts the 3-D weight itself: the adapted stack
+    # W + scale * B A is built in every forward (a baddbmm in peft's _LoraFactorsProxy) and the
+    # grouped matmul keeps it, and the tokens routed to each expert, for the gradients.
+    fused_adapted = [lin for lin in adapters if arch.fused_experts and lin.copies > 1]
+    for lin in fused_adapted:
+        saved_const += dt * lin.copies * lin.in_features * lin.out_features
     for lin in linears:
-        if (trainable or quantized) and lin.group != "router":
+        if ((trainable or quantized) and lin.group != "router") or lin in fused_adapted:
             kept_inputs.add(lin.reads)
     # fp32 weights under 16-bit autocast (full/freeze/LISA in bf16-mixed): the residual stream and
     # the norms' outputs are fp32, and autocast casts them to 16 bits separately for every linear that
     # reads them (it caches only weights), so each reader saves its own copy.
     casts_per_reader = p.stream == 4 and dt == 2
     for reads in kept_inputs:
-        if reads == "attn_out" and attn != "eager":
+        if reads == "attn_out" and attn != "eager" and not (attn == "sdpa" and arch.sdpa_math):
             continue  # flash/SDPA already keep their output, which o_proj reads as a view
         if reads == "mlp_in" and arch.parallel_block:
             reads_w = 0 if "attn_in" in kept_inputs else h
@@ -134,6 +140,8 @@ def block_activations(
     # LoRA: each adapter keeps its own copy of its input and, with dropout, the mask; A's output (r)
     # is kept for B.
     for lin in adapters:
+        if lin in fused_adapted:
+            continue
         width = _reads_width(arch, lin.reads)
         copies = routed if lin.reads.startswith("mlp") else 1
         adapter_saved = copies * (dt + (MASK_BYTES if lora_dropout > 0 else 0)) * width + copies * 4 * lora_rank
@@ -152,12 +160,18 @@ def block_activations(
 
     # Attention core.
     q, kv = arch.q_dim, arch.kv_dim
+    math = attn == "sdpa" and arch.sdpa_math
     repeat_kv = attn == "eager" or (attn == "sdpa" and micro_batch > 1)  # HF repeats k/v when a mask is passed
     k_saved = q if repeat_kv else kv
-    saved += dt * (2 * q + 2 * k_saved) + 4 * arch.heads
-    if arch.fused_qkv and not repeat_kv:
-        saved += dt * (q + kv)  # v is a view of the fused q/k/v output and keeps all of it alive
     saved_scores = 0.0
+    if math:
+        # SDPA's math kernel: q (scaled), k and v upcast to fp32 and kept, the fp32 softmax kept.
+        saved += 4 * (q + 2 * kv)
+        saved_scores = arch.heads * 4
+    else:
+        saved += dt * (2 * q + 2 * k_saved) + 4 * arch.heads
+        if arch.fused_qkv and not repeat_kv:
+            saved += dt * (q + kv)  # v is a view of the fused q/k/v output and keeps all of it alive
     if attn == "eager":
         saved_scores = arch.heads * (4 + (dt if dt != 4 else 0))  # fp32 softmax + 16-bit probabilities
         if arch.attn_softcap:
@@ -181,7 +195,7 @@ def block_activations(
     # probabilities and softmax's input gradient (the 16-bit probabilities are freed by then).
     transient = routed * dt * (3 * i if arch.gated_mlp else 2 * i) + 2 * dt * h
     attn_transient = dt * (2 * q + 2 * k_saved)
-    attn_transient_scores = arch.heads * 12 if attn == "eager" else 0.0
+    attn_transient_scores = arch.heads * 12 if attn == "eager" or math else 0.0
     return BlockActivations(
         saved, saved_scores, transient, 0.0, saved_const, mlp_saved, attn_transient, attn_transient_scores
     )

@@ -83,6 +83,12 @@ class Architecture:
     """Gemma's RMSNorm multiplies by (1 + weight) in fp32, keeping an fp32 copy for the weight grad."""
     extra_params: int = 0
     """Parameters outside the regular pieces (e.g. learned position embeddings)."""
+    fused_experts: bool = False
+    """transformers 5 keeps a MoE layer's experts as two 3-D parameters, gate_up_proj (E, 2i, h) and
+    down_proj (E, h, i); peft adapts them as parameters (its ParamWrapper), not as linear layers."""
+    sdpa_math: bool = False
+    """The model's SDPA call passes k/v with fewer heads than q and no enable_gqa (falcon), which
+    only SDPA's math kernel accepts: it upcasts to fp32 and keeps the heads x s^2 softmax, as eager."""
 
     # --- sizes ---------------------------------------------------------------------------
 
@@ -168,7 +174,7 @@ class Architecture:
         names = _split_names(spec)
         block = self.block
         if names == ("all-linear",):
-            return tuple(lin for lin in block if lin.group != "router")
+            return block  # peft's all-linear: every nn.Linear but the LM head, a MoE router included
         if names in (("attn",), ("mlp",)):
             return tuple(lin for lin in block if lin.group == names[0])
         valid = self.linear_names()
@@ -199,14 +205,41 @@ class Architecture:
         return matches[0] if len(matches) == 1 else name
 
     def lora_params(self, spec: str | tuple[str, ...], rank: int) -> int:
-        """Trainable LoRA parameters: A (r x in) and B (out x r) for every targeted linear."""
+        """Trainable LoRA parameters: A (r x in) and B (out x r) for every targeted linear.
+
+        Fused experts (peft ParamWrapper on a 3-D parameter of E experts): one pair per stack, A
+        (E r' x in) and B (out x E r'), where the gate/up stack counts gate and up as two experts
+        each (r' = r, out = 2i): peft's lora_A/lora_B shapes for transformers 5 MoE layers."""
         names = {lin.name for lin in self.lora_targets(spec)}
 
         def per_block(linears: tuple[Linear, ...]) -> int:
-            return sum(lin.copies * rank * (lin.in_features + lin.out_features) for lin in linears if lin.name in names)
+            total = 0
+            for lin in linears:
+                if lin.name not in names:
+                    continue
+                if self.fused_experts and lin.copies > 1:
+                    total += fused_expert_lora(lin, linears, rank)
+                else:
+                    total += lin.copies * rank * (lin.in_features + lin.out_features)
+            return total
 
         dense = self.layers - self.moe_layers if self.dense_block else 0
         return dense * per_block(self.dense_block) + (self.layers - dense) * per_block(self.block)
+
+
+def fused_expert_lora(lin: Linear, linears: tuple[Linear, ...], rank: int) -> int:
+    """LoRA parameters peft gives the fused stack `lin` belongs to, counted on its first member: the
+    gate/up stack (two experts' worth of rank per expert, B dense over 2i) or the down stack."""
+    experts = lin.copies
+    if lin.reads == "mlp_in":
+        pair = [x for x in linears if x.reads == "mlp_in" and x.copies == experts]
+        if lin is not pair[0]:
+            return 0
+        out = sum(x.out_features for x in pair)
+        r = rank * len(pair) * experts
+        return r * lin.in_features + out * r
+    r = rank * experts
+    return r * lin.in_features + lin.out_features * r
 
 
 def _split_names(spec: str | tuple[str, ...]) -> tuple[str, ...]:

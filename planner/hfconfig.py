@@ -122,6 +122,7 @@ def _moe(
         experts_per_token=top_k,
         moe_layers=moe_layers,
         dense_block=dense,
+        fused_experts=True,  # transformers 5's grouped experts (3-D gate_up_proj / down_proj parameters)
         **c,
     )
 
@@ -267,6 +268,7 @@ def _falcon(cfg: Config) -> Architecture:
         norms_per_layer=norms,
         parallel_block=parallel or new_arch,
         mlp_act="gelu",
+        sdpa_math=kv < heads,  # transformers' FalconAttention hands SDPA unrepeated k/v (no enable_gqa)
         **c,
     )
 

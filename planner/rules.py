@@ -47,6 +47,11 @@ def refusals(arch: Architecture, setup: Setup, cluster: Cluster) -> list[Refusal
             f"transformers does not run {arch.family} through SDPA (attention soft-capping); "
             "use --attn eager, or --attn flash with flash-attn installed",
         )
+    if setup.adapters and setup.dora and arch.fused_experts:
+        refuse(
+            "dora-fused-experts",
+            "peft cannot apply DoRA to fused MoE experts (transformers 5's 3-D expert weights); use plain LoRA",
+        )
     if setup.attn == "flash" and setup.precision == "fp32":
         refuse("flash-fp32", "FlashAttention runs only in fp16/bf16; use --attn sdpa with --precision fp32")
     if setup.tuner == "qlora" and setup.zero == 3:

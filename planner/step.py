@@ -295,6 +295,16 @@ def peak(events: list[Event]) -> Event:
     return max(events, key=lambda e: e.bytes)
 
 
+def effective_dropout(arch: Architecture, setup) -> float:
+    """LoRA dropout as the run applies it: 0 when peft adapts fused MoE experts (its ParamWrapper
+    refuses dropout, and the runner turns it off for the whole adapter)."""
+    if not setup.adapters:
+        return 0.0
+    if arch.fused_experts and any(lin.copies > 1 for lin in arch.lora_targets(setup.lora_targets)):
+        return 0.0
+    return setup.lora_dropout
+
+
 def blocks_for(arch, setup, w, *, trainable: bool) -> BlockActivations:
     adapters = arch.lora_targets(setup.lora_targets) if setup.adapters else ()
     return block_activations(
@@ -303,7 +313,7 @@ def blocks_for(arch, setup, w, *, trainable: bool) -> BlockActivations:
         adapters=adapters,
         lora_rank=setup.lora_rank,
         quantized=setup.tuner == "qlora",
-        lora_dropout=setup.lora_dropout if setup.adapters else 0.0,
+        lora_dropout=effective_dropout(arch, setup),
         dora=setup.dora,
         attn=setup.attn,
         micro_batch=setup.micro_batch,

@@ -131,16 +131,30 @@ def apply_tuner(model, recipe: Recipe, arch=None):
     if recipe.tuner in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
+        dropout = recipe.lora.dropout
+        if dropout and fused_experts(model):
+            print(
+                "ftui: peft adapts this model's fused MoE experts as parameters, which takes no dropout; "
+                f"lora.dropout {dropout} -> 0",
+                file=sys.stderr,
+                flush=True,
+            )
+            dropout = 0.0
         config = LoraConfig(
             r=recipe.lora.rank,
             lora_alpha=recipe.lora.alpha,
-            lora_dropout=recipe.lora.dropout,
+            lora_dropout=dropout,
             target_modules=lora_targets(recipe, arch),
             use_dora=recipe.lora.dora,
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, config)
     return model
+
+
+def fused_experts(model) -> bool:
+    """transformers 5 MoE layers keep their experts as 3-D parameters (peft's ParamWrapper adapts them)."""
+    return any(p.ndim == 3 and "experts" in name for name, p in model.named_parameters())
 
 
 def freeze_all_but_top(model, k: int):

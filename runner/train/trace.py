@@ -563,6 +563,10 @@ def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) ->
             handles = _install_hooks(model, ledger)
             try:
                 trainer.train()
+            except NotImplementedError as err:
+                raise NotTraceable(f"the traced step stopped: {_first_line(err)}") from None
+            except RuntimeError as err:  # a kernel the CPU lacks for this setup (e.g. fp32 grouped GEMM)
+                raise NotTraceable(f"the traced step stopped: {_first_line(err)}") from None
             finally:
                 for handle in handles:
                     handle.remove()
@@ -576,6 +580,11 @@ def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) ->
     if debug:
         result.ledger = ledger
     return result
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
 class _PadTo:
