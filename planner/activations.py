@@ -89,6 +89,7 @@ def block_activations(
     p: Precision,
     quantized: bool = False,
     moe: bool = True,
+    seq_len: int = 0,
 ) -> BlockActivations:
     """Activation bytes of one block.
 
@@ -124,8 +125,8 @@ def block_activations(
     # reads them (it caches only weights), so each reader saves its own copy.
     casts_per_reader = p.stream == 4 and dt == 2
     for reads in kept_inputs:
-        if reads == "attn_out" and attn != "eager" and not (attn == "sdpa" and arch.sdpa_math):
-            continue  # flash/SDPA already keep their output, which o_proj reads as a view
+        if reads == "attn_out" and attn == "flash":
+            continue  # flash-attn keeps its output, which o_proj reads as a view
         if reads == "mlp_in" and arch.parallel_block:
             reads_w = 0 if "attn_in" in kept_inputs else h
         else:
@@ -161,17 +162,33 @@ def block_activations(
     # Attention core.
     q, kv = arch.q_dim, arch.kv_dim
     math = attn == "sdpa" and arch.sdpa_math
-    repeat_kv = attn == "eager" or (attn == "sdpa" and micro_batch > 1)  # HF repeats k/v when a mask is passed
+    # transformers hands SDPA a 4-D mask for a padded batch, or from the sliding window on; then it
+    # repeats k/v to all heads (no enable_gqa with a mask).
+    window = arch.sliding_window is not None and seq_len >= arch.sliding_window
+    masked = attn == "sdpa" and (micro_batch > 1 or window)
+    repeat_kv = (attn == "eager" or masked) and arch.kv_heads < arch.heads  # n_rep = 1 repeats nothing
     k_saved = q if repeat_kv else kv
     saved_scores = 0.0
     if math:
         # SDPA's math kernel: q (scaled), k and v upcast to fp32 and kept, the fp32 softmax kept.
         saved += 4 * (q + 2 * kv)
         saved_scores = arch.heads * 4
+    elif attn == "eager":
+        # q and k for the scores, v for probabilities @ v; a v sliced from a fused q/k/v output (and
+        # not repeated) keeps all of that output alive. o_proj's input is counted above.
+        v_saved = (q + 2 * kv) if arch.fused_qkv and not repeat_kv else k_saved
+        saved += dt * (q + k_saved + v_saved)
     else:
+        # q, k, v, the output and the log-sum-exp; o_proj reads a transposed contiguous copy of the
+        # output (counted above for a trained o_proj; flash-attn's output needs no copy).
         saved += dt * (2 * q + 2 * k_saved) + 4 * arch.heads
         if arch.fused_qkv and not repeat_kv:
             saved += dt * (q + kv)  # v is a view of the fused q/k/v output and keeps all of it alive
+        if masked:
+            # A padded batch reaches SDPA with transformers' 4-D bool mask, which SDPA turns into an
+            # additive mask in the compute dtype on every call and keeps for backward: per layer,
+            # batch x s^2 (per token per key: one element, shared by the heads).
+            saved_scores += dt
     if attn == "eager":
         saved_scores = arch.heads * (4 + (dt if dt != 4 else 0))  # fp32 softmax + 16-bit probabilities
         if arch.attn_softcap:

@@ -83,6 +83,8 @@ class Architecture:
     """Gemma's RMSNorm multiplies by (1 + weight) in fp32, keeping an fp32 copy for the weight grad."""
     extra_params: int = 0
     """Parameters outside the regular pieces (e.g. learned position embeddings)."""
+    sliding_window: int | None = None
+    """Local attention window: from this sequence length on, transformers builds a 4-D mask."""
     fused_experts: bool = False
     """transformers 5 keeps a MoE layer's experts as two 3-D parameters, gate_up_proj (E, 2i, h) and
     down_proj (E, h, i); peft adapts them as parameters (its ParamWrapper), not as linear layers."""

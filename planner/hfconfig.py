@@ -42,7 +42,16 @@ def _common(cfg: Config, head_dim: int | None = None) -> dict[str, Any]:
         vocab=_get(cfg, "vocab_size", "padded_vocab_size"),
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         max_position=_get(cfg, "max_position_embeddings", "seq_length", default=4096),
+        sliding_window=_sliding_window(cfg),
     )
+
+
+def _sliding_window(cfg: Config) -> int | None:
+    """The local-attention window transformers applies (a mask is built for sequences that reach it)."""
+    window = cfg.get("sliding_window")
+    if not isinstance(window, int) or window <= 0 or cfg.get("use_sliding_window") is False:
+        return None
+    return window
 
 
 def _attn(c: dict[str, Any], qkv_bias: bool, o_bias: bool) -> tuple[Linear, ...]:

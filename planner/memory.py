@@ -480,7 +480,7 @@ def loss_bytes_per_token(arch: Architecture, w: Widths) -> float:
 
 def activation_terms(arch: Architecture, setup: Setup, w: Widths, pr: Params) -> list[Term]:
     """The activation side of the `backward` phase: the largest event of planner.step's walk."""
-    from .step import blocks_for, dora_transient, dora_widest_const, peak, walk
+    from .step import blocks_for, dora_moments, effective_dropout, peak, walk
 
     adapters = arch.lora_targets(setup.lora_targets) if setup.adapters else ()
     autocast_fp32 = setup.precision in ("bf16-mixed", "fp16-mixed") and w.weight == 4
@@ -503,8 +503,7 @@ def activation_terms(arch: Architecture, setup: Setup, w: Widths, pr: Params) ->
         grad=w.grad,
         autocast_fp32_weights=autocast_fp32,
         trained_linears=arch.block if pr.trained_layers else (),
-        dora=dora_transient(arch, adapters, w.act.compute) if setup.dora else 0.0,
-        dora_const_last=dora_widest_const(adapters, w.act.compute, setup.lora_dropout) if setup.dora else 0.0,
+        dora=tuple(dora_moments(arch, adapters, w.act.compute, effective_dropout(arch, setup))) if setup.dora else (),
     )
     top = peak(events)
     return [

@@ -65,27 +65,40 @@ def _block_linear_params(linears: tuple[Linear, ...]) -> int:
     return sum(lin.copies * lin.in_features * lin.out_features for lin in linears)
 
 
-def dora_widest_const(adapters: tuple[Linear, ...], compute: int, dropout: float) -> float:
-    """The saved weight copy of the widest-input DoRA layer (not yet made when its norm peaks)."""
-    if not adapters or dropout <= 0 or compute == 4:
-        return 0.0
-    lin = max(adapters, key=lambda x: x.in_features)
-    return lin.copies * compute * lin.in_features * lin.out_features
+@dataclass(frozen=True)
+class DoraMoment:
+    """One DoRA layer building its weight norm: its temporaries, the fp32 copies of its input per
+    token, and the saved weight copies of this and the later DoRA layers of the block (not made yet)."""
+
+    transient: float
+    inputs_per_token: float
+    later_consts: float
+    output_const: float = 0.0
+    """While the output is combined: the weight and the delta cast to the fp32 input dtype."""
+    output_per_token: float = 0.0
+    """(m/|W'| - 1) * base + (m/|W'|) * lora * scale in fp32 (the magnitude is fp32): three tensors."""
 
 
-def dora_transient(arch: Architecture, adapters: tuple[Linear, ...], compute: int) -> float:
-    """Peak extra bytes while one DoRA-adapted linear computes its weight norm (the widest one).
-
-    peft: an fp32 identity of the input width (the adapter dtype) and, under 16-bit autocast, its
-    16-bit copy for lora_A; then the delta (in x out) and the weight cast to the input dtype with
-    their scaled sum (14 B per weight element in the trace of bf16 runs)."""
-    if not adapters:
-        return 0.0
-    eye = 4 + (compute if compute != 4 else 0)
-    widest_in = max(lin.in_features for lin in adapters)
-    delta = max(lin.in_features * lin.out_features for lin in adapters)
-    per_weight = 14 if compute != 4 else 16
-    return max(eye * widest_in**2, per_weight * delta)
+def dora_moments(arch: Architecture, adapters: tuple[Linear, ...], compute: int, dropout: float) -> list[DoraMoment]:
+    """peft's DoRA, for each adapted linear in block order: an fp32 identity of the input width (the
+    adapter dtype) and, under 16-bit autocast, its 16-bit copy plus lora_B's output; then the delta
+    (in x out) and the weight cast to the input dtype with their scaled sum (14 B per weight element
+    in the trace of bf16 runs). Its input is held in fp32 (peft's cast, and the dropped-out copy)."""
+    widths = {"attn_in": arch.hidden, "attn_out": arch.q_dim, "mlp_in": arch.hidden, "mlp_mid": arch.intermediate}
+    consts = [
+        lin.copies * compute * lin.in_features * lin.out_features if dropout > 0 and compute != 4 else 0.0
+        for lin in adapters
+    ]
+    out = []
+    for k, lin in enumerate(adapters):
+        i, o = lin.in_features, lin.out_features
+        if compute != 4:
+            transient = max(6 * i * i + 2 * i * o, 14 * i * o)
+        else:
+            transient = max(4 * i * i + 4 * i * o, 16 * i * o)
+        inputs = (4 + (4 if dropout > 0 else 0)) * widths[lin.reads]
+        out.append(DoraMoment(transient, inputs, sum(consts[k:]), 8 * i * o, 12 * o))
+    return out
 
 
 def walk(
@@ -108,8 +121,7 @@ def walk(
     grad: int,
     autocast_fp32_weights: bool,
     trained_linears: tuple[Linear, ...],
-    dora: float = 0.0,
-    dora_const_last: float = 0.0,
+    dora: tuple[DoraMoment, ...] = (),
 ) -> list[Event]:
     """Every candidate peak of the forward and backward pass (bytes beyond the model states).
 
@@ -184,22 +196,50 @@ def walk(
             ),
         ),
     ]
-    if dora:
+    top_block = trained if n_trained else frozen
+    for moment in dora:
+        # The DoRA layer's norm in the top block, with the blocks below saved (no checkpointing) or
+        # the top block being recomputed in backward (checkpointing): what the block has saved so far.
+        so_far = saved(top_block) - moment.later_consts
         events.append(
-            Event("DoRA weight norm", (kept, Piece("activations", "DoRA identity and weight delta", dora, "peft")))
-        )
-        if grad_ckpt and n_grad:
-            top = trained if n_trained else frozen
-            events.append(
-                Event(
-                    "DoRA weight norm in the recomputed block",
-                    (
-                        kept,
-                        Piece("activations", "recomputed block so far", saved(top) - dora_const_last),
-                        Piece("activations", "DoRA identity and weight delta", dora, "peft"),
+            Event(
+                "DoRA weight norm",
+                (
+                    kept if not grad_ckpt else Piece("activations", "checkpointed inputs", kept.bytes),
+                    Piece(
+                        "activations",
+                        "block saved so far" + (" (recomputed)" if grad_ckpt else ""),
+                        so_far if grad_ckpt else -moment.later_consts,
                     ),
-                )
+                    Piece(
+                        "activations",
+                        "fp32 input of the DoRA layer",
+                        moment.inputs_per_token * T,
+                        "peft's cast and dropout",
+                    ),
+                    Piece(
+                        "activations",
+                        "DoRA identity and weight delta",
+                        moment.transient,
+                        "peft's get_lora_weight, weight norm",
+                    ),
+                ),
             )
+        )
+        events.append(
+            Event(
+                "DoRA output",
+                (
+                    kept if not grad_ckpt else Piece("activations", "checkpointed inputs", kept.bytes),
+                    Piece("activations", "block saved so far", so_far if grad_ckpt else -moment.later_consts),
+                    Piece("activations", "fp32 input of the DoRA layer", moment.inputs_per_token * T),
+                    Piece("activations", "fp32 weight and delta", moment.output_const, "cast to the input dtype"),
+                    Piece(
+                        "activations", "fp32 DoRA output terms", moment.output_per_token * T, "the magnitude is fp32"
+                    ),
+                ),
+            )
+        )
 
     # --- LM head backward -------------------------------------------------------------------------
     head_grad_waits: list[Piece] = []
@@ -318,4 +358,5 @@ def blocks_for(arch, setup, w, *, trainable: bool) -> BlockActivations:
         attn=setup.attn,
         micro_batch=setup.micro_batch,
         p=w.act,
+        seq_len=setup.seq_len,
     )

@@ -2,8 +2,8 @@
 
     recipe/   the recipe schema, `auto` values resolved from the planner and the machine, plan -> recipe
     data/     data set files: loading, formats, records as chat turns, the check before launch
-    launch/   argv/env/config builders, the detached supervisor, start / stop / resume
-    train/    the training process itself (entry point, callbacks, tokenized data): the only torch importer
+    launch/   argv/env/config builders, the detached supervisor, start / resume, the --verify trace in a child
+    train/    the training process and its trace (entry point, callbacks, data, trace): the only torch importer
     rundir/   a run directory on disk: status, launches, metrics file, checkpoints, liveness
     watch/    what the app and `ftui runs` read: live and replayed run sources, other tools' runs, health flags
     machine/  this machine: GPUs through NVML (and named fake scenarios), host RAM

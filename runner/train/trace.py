@@ -381,25 +381,27 @@ def trace_recipe(setup, config: dict[str, Any]):
 
 
 def _rows(setup, vocab: int) -> list[dict[str, list[int]]]:
-    """One micro-batch of token rows: all full length at micro-batch 1, else one full row and the
-    rest a token shorter (a padded batch, as real data of varied lengths gives)."""
-    s = setup.seq_len
-    lengths = [s] + [s - 1] * (setup.micro_batch - 1)
-    return [{"input_ids": [i % vocab for i in range(n)], "labels": [i % vocab for i in range(n)]} for n in lengths]
+    """Token rows of exactly seq_len tokens (the collator marks the padding of a padded batch)."""
+    n = setup.seq_len
+    return [{"input_ids": [i % vocab for i in range(n)], "labels": [i % vocab for i in range(n)]}]
 
 
 class _Collator:
-    """The runner's collator; the mask is left out when the batch has no padding (see the module doc)."""
+    """The runner's collator, with the padding a real batch would have: one sequence (micro-batch 1)
+    has none, so no mask reaches the model (see the module doc); several sequences of varied length
+    have some, so the last row's last token is padding (mask 0, label ignored)."""
 
     def __init__(self, collate) -> None:
         self.collate = collate
 
     def __call__(self, features):
-        full = len({len(f["input_ids"]) for f in features}) == 1
-        batch = self.collate(
-            [dict(f, attention_mask=[1] * len(f["input_ids"])) for f in features],
-        )
-        if full:
+        rows = [dict(f, attention_mask=[1] * len(f["input_ids"])) for f in features]
+        if len(rows) > 1:
+            last = rows[-1]
+            last["attention_mask"] = last["attention_mask"][:-1] + [0]
+            last["labels"] = last["labels"][:-1] + [-100]
+        batch = self.collate(rows)
+        if len(rows) == 1:
             batch.pop("attention_mask")
         return batch
 
@@ -542,7 +544,7 @@ def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) ->
                 raise NotTraceable(f"transformers cannot build this setup: {str(err).splitlines()[0]}") from None
             model = apply_tuner(base, recipe, arch)
             vocab = hf_config.get_text_config().vocab_size
-            rows = _rows(setup, vocab) * (recipe.train.grad_accum * TRACED_STEP)
+            rows = _rows(setup, vocab) * (setup.micro_batch * recipe.train.grad_accum * TRACED_STEP)
             args = training_arguments(recipe, run, has_eval=False)
             args.logging_nan_inf_filter = False
             args.logging_first_step = False
