@@ -101,11 +101,25 @@ def test_dropout_keeps_a_one_byte_mask_as_on_cuda():
 
 @pytest.mark.parametrize(
     ("knobs", "why"),
-    [(dict(tuner="qlora"), "QLoRA"), (dict(tuner="full", zero=2, precision="bf16-mixed"), "ZeRO")],
+    [(dict(tuner="qlora", quant="int8"), "int8"), (dict(tuner="full", zero=2, precision="bf16-mixed"), "ZeRO")],
 )
 def test_setups_the_trace_cannot_run_say_so(knobs, why):
     with pytest.raises(NotTraceable, match=why):
         trace(truncated_config(LLAMA, 1), setup(**knobs), 1)
+
+
+def test_qlora_nf4_is_traced_with_4_bit_weights():
+    # bitsandbytes' fake kernels: packed 4-bit weights plus double-quantized constants, about 0.516 B
+    # per linear parameter; the embeddings, head and norms stay bf16; the adapters are fp32.
+    config = truncated_config(LLAMA, 2)
+    arch = architecture_from_config(config)
+    t = trace(config, setup(tuner="qlora"), 2)
+    weights = t.phases["step"].parts["weights"]
+    linear = arch.layer_linear_params
+    rest = arch.params - linear
+    adapters = arch.lora_params("all-linear", 8)
+    assert weights == pytest.approx(0.515869 * linear + 2 * rest + 4 * adapters, rel=0.001)
+    assert t.phases["backward"].bytes > weights  # the step ran (logits, activations)
 
 
 def test_an_architecture_the_planner_cannot_read_is_still_traced():
@@ -143,7 +157,7 @@ def test_python_m_runner_train_trace_answers_in_json():
     assert answer["layers"] == 4 and answer["peak_allocated_gib"] > 0
     bad = subprocess.run(
         [sys.executable, "-m", "runner.train.trace"],
-        input=json.dumps({"config": request["config"], "setup": {**BASE, "tuner": "qlora"}}),
+        input=json.dumps({"config": request["config"], "setup": {**BASE, "tuner": "qlora", "quant": "int8"}}),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -151,5 +165,5 @@ def test_python_m_runner_train_trace_answers_in_json():
     )
     assert bad.returncode == 0 and json.loads(bad.stdout) == {
         "traceable": False,
-        "reason": "QLoRA is not traceable: bitsandbytes quantizes real weights (analytic only)",
+        "reason": "QLoRA int8 is not traceable (bitsandbytes' 8-bit layers): analytic only",
     }

@@ -57,11 +57,13 @@ def test_the_table_view_shows_planned_and_traced(capsys):
 
 
 def test_a_setup_the_trace_cannot_run_says_so_and_the_plan_stands(capsys):
-    code, out, _ = plan_json(capsys, "--model", "qwen2.5-0.5b", "--gpu", "rtx4090", "--tuner", "qlora", "--verify")
+    code, out, _ = plan_json(
+        capsys, "--model", "qwen2.5-0.5b", "--gpu", "rtx4090", "--tuner", "qlora", "--quant", "int8", "--verify"
+    )
     assert code == 0
     assert out["verified"] == {
         "traceable": False,
-        "reason": "QLoRA is not traceable: bitsandbytes quantizes real weights (analytic only)",
+        "reason": "QLoRA int8 is not traceable (bitsandbytes' 8-bit layers): analytic only",
     }
     assert out["estimate"]["per_gpu"]["peak_allocated_gib"] > 0
 

@@ -20,6 +20,8 @@ as a CUDA run on real data would:
 - AdamW runs its foreach implementation (torch's default on CUDA; the CPU default is per tensor);
 - a value read back to Python (`.item()`: Adam's step count, a norm) reads as 1;
 - fp16-mixed is traced as bf16-mixed on the CPU (the same byte widths; CPU autocast has no fp16);
+- QLoRA: bitsandbytes' fake kernels quantize the fake weights (CUDA's shapes and dtypes), and its
+  4-bit matmul runs as the CUDA backend does for a training batch (dequantize, then F.linear);
 - autocast runs CUDA's fp32 list (pow, layer_norm, softmax, exp, ...), not the CPU's shorter one.
 
 Depth: a trace builds `layers` decoder layers. `trace_setup` traces two depths and extrapolates
@@ -324,6 +326,153 @@ def _unpacked_batches():
         masking_utils.find_packed_sequence_indices = original
 
 
+# --- QLoRA: bitsandbytes 4-bit layers on fake tensors ------------------------------------------
+
+GEMM_4BIT_FUSED_MAX_ROWS = 4
+"""Rows (tokens) up to which bitsandbytes' CUDA backend multiplies with its fused 4-bit kernel, which
+makes no dequantized weight (bnb 0.50, backends/cuda/ops.py). Past 1536 rows every GPU dequantizes;
+between, the choice depends on the GPU and the weight's shape. The trace dequantizes past this floor:
+exact for training batches of more than 1536 tokens, an upper bound below that."""
+
+
+def _seed_bnb_tables() -> None:
+    """bitsandbytes caches its 8-bit code table on first use; made under a fake mode it would belong
+    to that mode and the next trace would refuse it. Made here, real, before any fake mode."""
+    import bitsandbytes.functional as bnb_f
+
+    if "dynamic" not in bnb_f.name2qmap:
+        bnb_f.name2qmap["dynamic"] = bnb_f.create_dynamic_map()
+
+
+@contextlib.contextmanager
+def _outside_fake():
+    """Outside the dispatch modes and the fake mode: real (meta) tensors can be made here."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes(), unset_fake_temporarily():
+        yield
+
+
+def _fake_params4bit(weight, like, module):
+    """The packed weight `Params4bit` would hold, as a plain fake Parameter with Params4bit's
+    attributes: Params4bit (a Tensor subclass) cannot wrap a fake tensor, and bitsandbytes, peft and
+    transformers only read attributes off the weight. bitsandbytes' registered fake kernels give the
+    CUDA shapes and dtypes: packed uint8 [N*K/2, 1], absmax, and with double quantization the 8-bit
+    absmax with its fp32 scales."""
+    import bitsandbytes as bnb
+    import torch
+
+    packed, state = bnb.functional.quantize_4bit(
+        weight.detach().contiguous(),
+        blocksize=like.blocksize,
+        compress_statistics=like.compress_statistics,
+        quant_type=like.quant_type,
+        quant_storage=like.quant_storage,
+    )
+    param = torch.nn.Parameter(packed, requires_grad=False)
+    for name in ("blocksize", "compress_statistics", "quant_type", "quant_storage"):
+        setattr(param, name, getattr(like, name))
+    param.quant_state = state
+    param.bnb_quantized = True
+    param.module = module
+    module.quant_state = state
+    return param
+
+
+def quantize_fake(model, bnb_config, device: str = "cpu"):
+    """What `from_pretrained(..., quantization_config=bnb_config)` does to the runner's model, on a
+    model built under the fake mode: transformers' own bitsandbytes quantizer swaps every linear but
+    the head for bnb Linear4bit (made outside the fake mode: their constructor makes a Params4bit),
+    then each fake bf16 weight is quantized by bitsandbytes' fake kernels."""
+    import bitsandbytes as bnb
+    import torch
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    _seed_bnb_tables()
+    quantizer = AutoHfQuantizer.from_config(bnb_config, pre_quantized=False)
+    originals = {name: (m.weight, m.bias) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    with _outside_fake():
+        quantizer.preprocess_model(model=model, dtype=bnb_config.bnb_4bit_compute_dtype, device_map={"": device})
+    for name, module in model.named_modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        weight, bias = originals.pop(name)
+        if getattr(module, "source_cls", torch.nn.Linear) is not torch.nn.Linear:
+            weight = weight.T  # Conv1D-style [in, out] weights, transposed as transformers does
+        module.weight = _fake_params4bit(weight, module.weight, module)
+        if bias is not None:
+            module.bias = torch.nn.Parameter(bias.detach(), requires_grad=False)
+        module.support_avx512bf16_for_cpu = False  # a GPU never repacks weights for bnb's CPU kernel
+        module._is_hf_initialized = True
+    del originals
+    model.hf_quantizer = quantizer
+    quantizer.postprocess_model(model)
+    return model
+
+
+@contextlib.contextmanager
+def _cuda_gemm_4bit():
+    """bitsandbytes::gemm_4bit as its CUDA backend runs it for a training batch: the nested absmax
+    dequantized to fp32 (and a copy with the offset added), the weight dequantized to the compute
+    dtype, F.linear; the fake kernel alone would make the output only. Swapped on the op namespace
+    for a Python function doing those ops, each seen by the trace."""
+    import bitsandbytes  # noqa: F401  (defines torch.ops.bitsandbytes)
+    import torch
+
+    namespace = torch.ops.bitsandbytes
+    packet = namespace.gemm_4bit
+
+    def gemm_4bit(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None,
+                  absmax_offset=None):  # fmt: skip
+        if A.numel() // A.shape[-1] <= GEMM_4BIT_FUSED_MAX_ROWS:
+            return packet.default(
+                A, B, shapeB, absmax, blocksize, quant_type, bias=bias, absmax_8bit=absmax_8bit,
+                absmax_code=absmax_code, absmax_offset=absmax_offset,
+            )  # fmt: skip
+        dequantized_absmax = None
+        if absmax_8bit is not None:
+            dequantized_absmax = namespace.dequantize_blockwise.default(
+                absmax_8bit, absmax, absmax_code, 256, torch.float32
+            )
+            absmax = dequantized_absmax + absmax_offset
+        weight = namespace.dequantize_4bit.default(B, absmax, blocksize, quant_type, shapeB, A.dtype)
+        out = torch.nn.functional.linear(A, weight, bias)
+        del dequantized_absmax, weight  # alive until here, as in the CUDA fallback
+        return out
+
+    class Packet:
+        default = staticmethod(gemm_4bit)
+
+        def __call__(self, *args, **kwargs):
+            return gemm_4bit(*args, **kwargs)
+
+    namespace.gemm_4bit = Packet()
+    try:
+        yield
+    finally:
+        namespace.gemm_4bit = packet
+
+
+@contextlib.contextmanager
+def _cuda_autocast_query():
+    """`torch.is_autocast_enabled()` with no device asks about CUDA's autocast, which a CPU trace
+    never turns on; peft's bitsandbytes LoRA layers ask it to decide whether to cast their input to
+    fp32. Here it answers for the CPU autocast that stands in for CUDA's."""
+    import torch
+
+    original = torch.is_autocast_enabled
+
+    def is_autocast_enabled(*args, **kwargs):
+        return original("cpu") if not args and not kwargs else original(*args, **kwargs)
+
+    torch.is_autocast_enabled = is_autocast_enabled
+    try:
+        yield
+    finally:
+        torch.is_autocast_enabled = original
+
+
 # --- the traced run ----------------------------------------------------------------------------
 
 
@@ -508,10 +657,10 @@ def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) ->
     from planner import ConfigError, architecture_from_config
 
     from .data import make_collator
-    from .entry import apply_tuner, model_from_config, training_arguments, tuner_callbacks
+    from .entry import apply_tuner, model_from_config, quantization, training_arguments, tuner_callbacks
 
-    if setup.tuner == "qlora":
-        raise NotTraceable("QLoRA is not traceable: bitsandbytes quantizes real weights (analytic only)")
+    if setup.tuner == "qlora" and setup.quant != "nf4":
+        raise NotTraceable("QLoRA int8 is not traceable (bitsandbytes' 8-bit layers): analytic only")
     if setup.zero or setup.offload != "none":
         raise NotTraceable("DeepSpeed ZeRO and offload are not traced (one process, no DeepSpeed): analytic only")
     recipe = trace_recipe(setup, config)
@@ -532,6 +681,8 @@ def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) ->
         _placed_modules(),
         _unpacked_batches(),
         _cuda_autocast_policy(),
+        _cuda_autocast_query(),
+        _cuda_gemm_4bit() if setup.tuner == "qlora" else contextlib.nullcontext(),
     ):
         from runner.rundir.runs import RunDir
 
@@ -542,6 +693,8 @@ def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) ->
                 base = model_from_config(hf_config, recipe)
             except (ValueError, ImportError) as err:  # e.g. an attention kernel this model refuses
                 raise NotTraceable(f"transformers cannot build this setup: {str(err).splitlines()[0]}") from None
+            if setup.tuner == "qlora":
+                base = quantize_fake(base, quantization(recipe))
             model = apply_tuner(base, recipe, arch)
             vocab = hf_config.get_text_config().vocab_size
             rows = _rows(setup, vocab) * (setup.micro_batch * recipe.train.grad_accum * TRACED_STEP)
