@@ -229,7 +229,7 @@ def estimate(arch: Architecture, setup: Setup, cluster: Cluster) -> MemoryEstima
     grads = gradient_terms(arch, setup, cluster, w, pr)
     opt = optimizer_terms(setup, cluster, w, pr, arch)
     terms += grads + opt
-    terms += activation_terms(arch, setup, w, pr)
+    terms += activation_terms(arch, setup, w, pr, cluster)
     terms += overhead_terms(terms, setup, cluster, pr)
     states = sum(t.bytes for t in terms if t.state)
     return MemoryEstimate(tuple(terms), cluster.gpu.memory_bytes, cpu_ram(arch, setup, cluster, w, pr), states)
@@ -478,7 +478,9 @@ def loss_bytes_per_token(arch: Architecture, w: Widths) -> float:
     return 12.0 * arch.vocab
 
 
-def activation_terms(arch: Architecture, setup: Setup, w: Widths, pr: Params) -> list[Term]:
+def activation_terms(
+    arch: Architecture, setup: Setup, w: Widths, pr: Params, cluster: Cluster | None = None
+) -> list[Term]:
     """The activation side of the `backward` phase: the largest event of planner.step's walk."""
     from .step import blocks_for, dora_moments, effective_dropout, peak, walk
 
@@ -504,6 +506,7 @@ def activation_terms(arch: Architecture, setup: Setup, w: Widths, pr: Params) ->
         autocast_fp32_weights=autocast_fp32,
         trained_linears=arch.block if pr.trained_layers else (),
         dora=tuple(dora_moments(arch, adapters, w.act.compute, effective_dropout(arch, setup))) if setup.dora else (),
+        grad_shard=cluster.world if cluster is not None and setup.zero >= 2 else 1,
     )
     top = peak(events)
     return [

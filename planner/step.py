@@ -122,6 +122,7 @@ def walk(
     autocast_fp32_weights: bool,
     trained_linears: tuple[Linear, ...],
     dora: tuple[DoraMoment, ...] = (),
+    grad_shard: int = 1,
 ) -> list[Event]:
     """Every candidate peak of the forward and backward pass (bytes beyond the model states).
 
@@ -261,7 +262,9 @@ def walk(
                 Piece("gradients", "head gradient waiting for the tied embedding's", g_head * V * H, "input buffer")
             ]
         elif not grads_persist:
-            grads_so_far.append(Piece("gradients", "LM head gradient", g_head * V * H, "kept as .grad"))
+            grads_so_far.append(
+                Piece("gradients", "LM head gradient", g_head * V * H / grad_shard, "kept as .grad (its ZeRO share)")
+            )
 
     # --- blocks -------------------------------------------------------------------------------------
     if n_grad:
@@ -296,7 +299,9 @@ def walk(
             above = []
             if not grads_persist and n_trained:
                 done = n_trained - (1 if bottom_trained else 0)
-                above.append(Piece("gradients", "gradients of the blocks above", done * block_lin * grad, ".grad"))
+                above.append(
+                    Piece("gradients", "gradients of the blocks above", done * block_lin * grad / grad_shard, ".grad")
+                )
             pieces = [
                 Piece("activations", "bottom block's saved input" if grad_ckpt else "bottom block's saved", remaining),
                 *head_grad_waits,
@@ -316,7 +321,9 @@ def walk(
         g_emb = 4 if autocast_fp32_weights else grad
         above = []
         if not grads_persist:
-            above.append(Piece("gradients", "gradients of every block", n_trained * block_lin * grad, ".grad"))
+            above.append(
+                Piece("gradients", "gradients of every block", n_trained * block_lin * grad / grad_shard, ".grad")
+            )
         if arch.tied_embeddings:
             emb = Piece(
                 "gradients",
@@ -327,6 +334,9 @@ def walk(
             events.append(Event("embedding backward", (*above, emb)))
         elif grads_persist:
             dense = Piece("gradients", "dense embedding gradient", g_emb * V * H, "added into .grad")
+            events.append(Event("embedding backward", (*above, *grads_so_far, dense)))
+        else:  # the end of backward: every gradient exists, the embedding's last
+            dense = Piece("gradients", "embedding gradient", g_emb * V * H, "made whole, then kept (or its share)")
             events.append(Event("embedding backward", (*above, *grads_so_far, dense)))
     return events
 

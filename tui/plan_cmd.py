@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 
 from planner import Cluster, Setup, SetupError, UnknownModel, generic_gpu, gpu_spec, make_plan, resolve_model
@@ -192,6 +193,11 @@ def build_setup(args: argparse.Namespace, cluster: Cluster, seq_len: int) -> tup
         micro_batch=1,
     )
     values = {**defaults, **given}
+    if args.tuner is not None:
+        # What the run accumulates to reach --global-batch: with one micro-batch per step no gradient
+        # outlives the backward pass (the recommender sets this for the setup it picks).
+        per_step = values["micro_batch"] * cluster.world
+        values["grad_accum"] = max(1, math.ceil(getattr(args, "global_batch", 64) / per_step))
     tuner = "lora" if args.tuner in (None, "dora") else args.tuner
     try:
         setup = Setup(

@@ -80,6 +80,8 @@ class Trace:
     """Decoder layers built."""
     phases: dict[str, PhasePeak]
     seconds: float
+    moments: dict[str, dict[str, PhasePeak]] = field(default_factory=dict)
+    """Phase -> moment (forward, head, loss-backward, block:top, block:bottom, embedding, step) -> its peak."""
 
     @property
     def peak_allocated(self) -> int:
@@ -140,10 +142,15 @@ class Ledger:
         self.next_serial = 0
         self.region = "build"
         self.phase = "build"
+        self.moment = "build"
+        """Where in the step: forward, head, loss-backward, block:N (the N-th block backward runs
+        through, 0 = the top one), embedding, step; each grows linearly with depth, the phase's
+        peak is the largest of them, and which one it is may change with depth."""
+        self.blocks_seen = 0
         self.step = 0
-        self.peaks: dict[tuple[int, str], int] = {}
-        self.snapshots: dict[tuple[int, str], list[_Entry]] = {}
-        self._pending: tuple[int, str] | None = None
+        self.peaks: dict[tuple, int] = {}
+        self.snapshots: dict[tuple, list[_Entry]] = {}
+        self._pending: list[tuple] = []
         self.ops = 0
 
     def track(self, tensor) -> None:
@@ -166,10 +173,11 @@ class Ledger:
 
     def _grow(self, nbytes: int) -> None:
         self.total += nbytes
-        key = (self.step, self.phase)
-        if self.total > self.peaks.get(key, -1):
-            self.peaks[key] = self.total
-            self._pending = key
+        for key in ((self.step, self.phase), (self.step, self.phase, self.moment)):
+            if self.total > self.peaks.get(key, -1):
+                self.peaks[key] = self.total
+                if key not in self._pending:
+                    self._pending.append(key)
 
     def _free(self, serial: int) -> None:
         self._settle()
@@ -178,17 +186,21 @@ class Ledger:
             self.total -= entry.nbytes
 
     def _settle(self) -> None:
-        """Memory is about to fall: what is alive now is the newest peak's content."""
-        if self._pending is not None:
-            self.snapshots[self._pending] = list(self.entries.values())
-            self._pending = None
+        """Memory is about to fall: what is alive now is the newest peaks' content."""
+        if self._pending:
+            alive = list(self.entries.values())
+            for key in self._pending:
+                self.snapshots[key] = alive
+            self._pending = []
 
-    def enter(self, phase: str | None = None, region: str | None = None) -> None:
+    def enter(self, phase: str | None = None, region: str | None = None, moment: str | None = None) -> None:
         self._settle()
         if phase is not None:
             self.phase = phase
         if region is not None:
             self.region = region
+        if moment is not None:
+            self.moment = moment
 
 
 def _dispatch_mode(ledger: Ledger):
@@ -563,10 +575,10 @@ def _phase_callback(ledger: Ledger):
             ledger.step = state.global_step + 1
 
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
-            ledger.enter("step", "step")
+            ledger.enter("step", "step", "step")
 
         def on_optimizer_step(self, args, state, control, optimizer=None, model=None, **kwargs):
-            ledger.enter("idle", "idle")
+            ledger.enter("idle", "idle", "idle")
             if ledger.step == TRACED_STEP:
                 ledger.classified = _classify(ledger, model, optimizer)
 
@@ -584,30 +596,48 @@ def _install_hooks(model, ledger: Ledger) -> list[Any]:
     top = model
 
     def forward_begin(module, args, kwargs):
-        ledger.enter("forward", "forward")
+        ledger.blocks_seen = 0
+        ledger.enter("forward", "forward", "forward")
 
     def forward_end(module, args, kwargs, output):
-        ledger.enter("backward", "loss-backward")  # the Trainer calls backward on the loss next
+        ledger.enter("backward", "loss-backward", "loss-backward")  # the Trainer calls backward on the loss next
 
     def head_begin(module, args):
-        ledger.enter(region="head")
+        ledger.enter(region="head", moment="head")
         hidden = args[0] if args else None
         if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
             hidden.register_hook(lambda grad: ledger.enter(region="backward"))
 
+    def block_backward_begins(grad):
+        ledger.enter(moment=f"block:{ledger.blocks_seen}")
+        ledger.blocks_seen += 1
+
+    def block_backward_ends(grad):
+        ledger.enter(moment="embedding")  # the bottom block is done: what is left is the embedding's
+
+    layers = decoder_layers(model)
+    bottom = layers[0] if len(layers) else None
+
     def layer_begin(module, args):
         if ledger.phase == "backward":
             ledger.enter(region="recompute")
+        elif ledger.phase == "forward" and module is bottom and args and isinstance(args[0], torch.Tensor):
+            if args[0].requires_grad:
+                args[0].register_hook(block_backward_ends)
 
     def layer_end(module, args, output):
         if ledger.phase == "backward":
             ledger.enter(region="backward")
+        elif ledger.phase == "forward":
+            out = output[0] if isinstance(output, tuple) else output
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                out.register_hook(block_backward_begins)
 
     handles.append(top.register_forward_pre_hook(forward_begin, with_kwargs=True))
     handles.append(top.register_forward_hook(forward_end, with_kwargs=True))
     if head is not None:
         handles.append(head.register_forward_pre_hook(head_begin))
-    for layer in decoder_layers(model):
+    for layer in layers:
         handles.append(layer.register_forward_pre_hook(layer_begin))
         handles.append(layer.register_forward_hook(layer_end))
     return handles
@@ -617,8 +647,8 @@ def _storages(tensors) -> set[int]:
     return {id(t.untyped_storage()) for t in tensors}
 
 
-def _classify(ledger: Ledger, model, optimizer) -> dict[str, dict[str, int]]:
-    """Part -> bytes of what was alive at each phase's peak in the traced step."""
+def _classify(ledger: Ledger, model, optimizer) -> dict[tuple, dict[str, int]]:
+    """Part -> bytes of what was alive at each peak of the traced step (per phase, and per moment)."""
     import torch
 
     params = list(model.parameters()) + list(model.buffers())
@@ -628,23 +658,44 @@ def _classify(ledger: Ledger, model, optimizer) -> dict[str, dict[str, int]]:
     states = _storages(
         v for state in opt.state.values() for v in state.values() if isinstance(v, torch.Tensor) and v.numel() > 1
     )
-    out: dict[str, dict[str, int]] = {}
-    for phase in PHASES:
+    out: dict[tuple, dict[str, int]] = {}
+    for key, snapshot in ledger.snapshots.items():
+        if key[0] != TRACED_STEP:
+            continue
         parts = dict.fromkeys(PARTS, 0)
-        for entry in ledger.snapshots.get((TRACED_STEP, phase), []):
+        for entry in snapshot:
             storage = entry.ref()
-            key = id(storage) if storage is not None else None
-            if key in weights:
+            sid = id(storage) if storage is not None else None
+            if sid in weights:
                 part = "weights"
-            elif key in grads:
+            elif sid in grads:
                 part = "gradients"
-            elif key in states:
+            elif sid in states:
                 part = "optimizer"
             else:
                 part = REGION_PART.get(entry.region, "temporaries")
             parts[part] += entry.nbytes
-        out[phase] = parts
+        out[key[1:]] = parts
     return out
+
+
+def _moments(ledger: Ledger, classified: dict[tuple, dict[str, int]]) -> dict[str, dict[str, PhasePeak]]:
+    """Per phase, the peak of each moment; of the blocks backward runs through, the first (top) and
+    the last (bottom) only: memory there grows linearly along the blocks, so the extremes bound it."""
+    found: dict[str, dict[str, PhasePeak]] = {}
+    for key, value in ledger.peaks.items():
+        if key[0] != TRACED_STEP or len(key) != 3:
+            continue
+        phase, moment = key[1], key[2]
+        found.setdefault(phase, {})[moment] = PhasePeak(value, classified.get((phase, moment), dict.fromkeys(PARTS, 0)))
+    for moments in found.values():
+        blocks = sorted((int(m.split(":")[1]), m) for m in moments if m.startswith("block:"))
+        if blocks:
+            top, bottom = moments[blocks[0][1]], moments[blocks[-1][1]]
+            for _, name in blocks:
+                del moments[name]
+            moments["block:top"], moments["block:bottom"] = top, bottom
+    return found
 
 
 def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) -> Trace:
@@ -727,11 +778,11 @@ def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) ->
                     handle.remove()
     classified = getattr(ledger, "classified", None) or {}
     phases = {
-        ph: PhasePeak(ledger.peaks.get((TRACED_STEP, ph), 0), classified.get(ph, dict.fromkeys(PARTS, 0)))
+        ph: PhasePeak(ledger.peaks.get((TRACED_STEP, ph), 0), classified.get((ph,), dict.fromkeys(PARTS, 0)))
         for ph in PHASES
     }
     del torch
-    result = Trace(layers, phases, time.perf_counter() - started)
+    result = Trace(layers, phases, time.perf_counter() - started, _moments(ledger, classified))
     if debug:
         result.ledger = ledger
     return result
@@ -794,8 +845,20 @@ def trace_setup(config: dict[str, Any], setup, *, layers: tuple[int, int] | None
     def at(x: float, y: float) -> float:
         return x + (y - x) * (total - a) / (b - a)
 
-    phases = {ph: at(ta.phases[ph].bytes, tb.phases[ph].bytes) for ph in PHASES}
-    parts = {ph: {k: at(ta.phases[ph].parts[k], tb.phases[ph].parts[k]) for k in PARTS} for ph in PHASES}
+    phases: dict[str, float] = {}
+    parts: dict[str, dict[str, float]] = {}
+    for ph in PHASES:
+        # Each moment of the phase grows linearly with depth; the phase's peak at full depth is the
+        # largest extrapolated moment (which moment peaks can change with depth).
+        common = set(ta.moments.get(ph, {})) & set(tb.moments.get(ph, {}))
+        if not common:
+            phases[ph] = at(ta.phases[ph].bytes, tb.phases[ph].bytes)
+            parts[ph] = {k: at(ta.phases[ph].parts[k], tb.phases[ph].parts[k]) for k in PARTS}
+            continue
+        grown = {m: at(ta.moments[ph][m].bytes, tb.moments[ph][m].bytes) for m in common}
+        best = max(grown, key=grown.get)
+        phases[ph] = grown[best]
+        parts[ph] = {k: at(ta.moments[ph][best].parts[k], tb.moments[ph][best].parts[k]) for k in PARTS}
     return Verified(max(phases.values()), phases, parts, (a, b), total, ta.seconds + tb.seconds)
 
 
