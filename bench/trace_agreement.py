@@ -1,7 +1,7 @@
 """The analytic memory model against the exact trace of ftui's own training step.
 
 For every catalog family transformers can build, a matrix of setups (full in bf16-true and
-bf16-mixed, LoRA all-linear and attention-only, DoRA, freeze, LISA; checkpointing on and off; SDPA
+bf16-mixed, LoRA all-linear and attention-only, DoRA, freeze, LISA, QLoRA; checkpointing on and off; SDPA
 and eager; two sequence lengths; two micro-batches) is traced on the CPU at real widths (two
 depths, extrapolated to the whole model) and the planner is evaluated on the same model. Prints each case's
 peak allocated per phase (planner vs trace), the part that differs most, and a summary.
@@ -30,6 +30,7 @@ TUNERS = {
     "dora": dict(tuner="lora", dora=True),
     "freeze": dict(tuner="freeze", trainable_layers=1),
     "lisa": dict(tuner="lisa", lisa_layers=1),
+    "qlora": dict(tuner="qlora"),
 }
 SEQ_LENS = (512, 2048)
 MICRO_BATCHES = (1, 2)
@@ -62,6 +63,8 @@ def main() -> int:
     for family in families:
         model = TRACEABLE_FAMILIES[family]
         for label, knobs in cases(args.quick):
+            if family == "gemma2" and knobs["attn"] == "sdpa":
+                knobs = dict(knobs, attn="eager")  # transformers refuses sdpa for Gemma-2 (a planner rule too)
             row = compare(model, knobs, layers=args.layers)
             row.update(family=family, case=label)
             rows.append(row)

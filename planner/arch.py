@@ -9,6 +9,7 @@ the real model (checked against transformers on the meta device in tests/test_ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,11 @@ class Linear:
 
 @dataclass(frozen=True)
 class Architecture:
-    """Shape of a decoder-only transformer, with what training memory depends on."""
+    """Shape of a decoder-only transformer, with what training memory depends on.
+
+    The sizes the planner asks for on every estimate (parameter counts, fused qkv) are computed once per
+    instance (`cached_property`: frozen fields, so they cannot change; equality and hashing ignore them).
+    """
 
     family: str
     """Code family (`llama`, `qwen2`, `qwen` for Qwen-1, `chatglm`, `falcon`, ...)."""
@@ -102,7 +107,7 @@ class Architecture:
     def kv_dim(self) -> int:
         return self.kv_heads * self.head_dim
 
-    @property
+    @cached_property
     def fused_qkv(self) -> bool:
         """One projection produces q, k and v (c_attn, query_key_value, W_pack, wqkv, qkv_proj)."""
         return any(
@@ -124,7 +129,7 @@ class Architecture:
         qk = 2 * self.head_dim if self.qk_norm else 0
         return sum(lin.params for lin in linears) + self.norms_per_layer * self.norm_params + qk
 
-    @property
+    @cached_property
     def layer_params(self) -> tuple[int, ...]:
         """Parameters of each decoder block, bottom to top."""
         dense = self.layers - self.moe_layers if self.dense_block else 0
@@ -141,12 +146,12 @@ class Architecture:
             return self.vocab if self.head_bias else 0
         return self.vocab * self.hidden + (self.vocab if self.head_bias else 0)
 
-    @property
+    @cached_property
     def params(self) -> int:
         """Exact total parameter count."""
         return sum(self.layer_params) + self.embedding_params + self.head_params + self.norm_params + self.extra_params
 
-    @property
+    @cached_property
     def active_params(self) -> int:
         """Parameters touched per token (MoE: only the routed experts)."""
         if not self.experts:
@@ -155,7 +160,7 @@ class Architecture:
         unused = self.moe_layers * expert * (self.experts - self.experts_per_token)
         return self.params - unused
 
-    @property
+    @cached_property
     def layer_linear_params(self) -> int:
         """Parameters in the linear layers of all blocks (what 4-bit quantisation converts)."""
         dense = self.layers - self.moe_layers if self.dense_block else 0

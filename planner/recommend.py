@@ -67,9 +67,9 @@ def fits_with_headroom(mem: MemoryEstimate, cluster: Cluster) -> bool:
     return mem.required <= (mem.capacity_bytes - USABLE_MARGIN) * (1 - HEADROOM) and mem.cpu_ram_bytes <= host
 
 
-def evaluate(arch: Architecture, setup: Setup, cluster: Cluster) -> Candidate:
+def evaluate(arch: Architecture, setup: Setup, cluster: Cluster, memory: MemoryEstimate | None = None) -> Candidate:
     refused = refusals(arch, setup, cluster)
-    mem = estimate(arch, setup, cluster)
+    mem = estimate(arch, setup, cluster) if memory is None else memory
     return Candidate(
         setup,
         mem,
@@ -157,8 +157,15 @@ def _best_variant(
     per_gpu = mb_cap
     best: Candidate | None = None
     smallest: Candidate | None = None
+    seen: dict[Setup, MemoryEstimate] = {}
+
+    def est(setup: Setup) -> MemoryEstimate:
+        if setup not in seen:
+            seen[setup] = estimate(arch, setup, cluster)
+        return seen[setup]
+
     for setup in _variants(base, cluster, tuner, zero, fixed, arch):
-        first = evaluate(arch, setup, cluster)
+        first = evaluate(arch, setup, cluster, est(setup))
         if first.refusal is not None:
             smallest = smallest or first
             continue
@@ -171,10 +178,11 @@ def _best_variant(
         else:
 
             def fits_at(b: int, setup: Setup = setup) -> bool:
-                return fits_with_headroom(estimate(arch, setup.but(micro_batch=b), cluster), cluster)
+                return fits_with_headroom(est(setup.but(micro_batch=b)), cluster)
 
             mb = largest_fitting(1, mb_cap, fits_at)
-            cand = evaluate(arch, setup.but(micro_batch=_divisor_at_most(per_gpu, mb)), cluster)
+            chosen_setup = setup.but(micro_batch=_divisor_at_most(per_gpu, mb))
+            cand = evaluate(arch, chosen_setup, cluster, est(chosen_setup))
         if best is None or (OFFLOAD_RANK[cand.setup.offload], not _faster(cand, best)) < (
             OFFLOAD_RANK[best.setup.offload],
             False,

@@ -355,9 +355,30 @@ def effective_dropout(arch: Architecture, setup) -> float:
     return setup.lora_dropout
 
 
+_BLOCKS: dict[tuple, tuple[Architecture, BlockActivations]] = {}
+"""blocks_for's answers: the recommender asks for the same blocks hundreds of times per plan."""
+
+
 def blocks_for(arch, setup, w, *, trainable: bool) -> BlockActivations:
+    masked_by_window = arch.sliding_window is not None and setup.seq_len >= arch.sliding_window
+    key = (
+        id(arch),
+        trainable,
+        setup.tuner,
+        setup.lora_targets if setup.adapters else "",
+        setup.lora_rank,
+        effective_dropout(arch, setup),
+        setup.dora,
+        setup.attn,
+        setup.micro_batch > 1,
+        masked_by_window,
+        w.act,
+    )
+    cached = _BLOCKS.get(key)
+    if cached is not None and cached[0] is arch:
+        return cached[1]
     adapters = arch.lora_targets(setup.lora_targets) if setup.adapters else ()
-    return block_activations(
+    blocks = block_activations(
         arch,
         trainable=trainable,
         adapters=adapters,
@@ -370,3 +391,7 @@ def blocks_for(arch, setup, w, *, trainable: bool) -> BlockActivations:
         p=w.act,
         seq_len=setup.seq_len,
     )
+    if len(_BLOCKS) > 4096:
+        _BLOCKS.clear()
+    _BLOCKS[key] = (arch, blocks)
+    return blocks
