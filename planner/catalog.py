@@ -10,7 +10,6 @@ config.json of any of these, whatever its model_type.
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import os
 from dataclasses import dataclass, replace
@@ -269,6 +268,8 @@ def _hf_cache_config(repo_id: str) -> Path | None:
 
 def _unknown_message(name: str) -> str:
     keys = sorted({e.name for e in entries()} | set(SIZE_ALIASES))
+    import difflib  # only for a name that is not found
+
     close = difflib.get_close_matches(_norm(name), keys, n=5, cutoff=0.5)
     if not close:
         close = [k for k in keys if _norm(name).split("-")[0] in k][:5]

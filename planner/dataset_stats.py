@@ -8,7 +8,6 @@ Good enough to choose a sequence length and an epoch time; the runner counts exa
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass
@@ -81,6 +80,8 @@ def _records(path: Path) -> Iterator[Any]:
         yield from data
     elif suffix in (".csv", ".tsv"):
         with path.open(encoding="utf-8", newline="") as fh:
+            import csv  # only for a CSV/TSV dataset
+
             yield from csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
     elif suffix == ".txt":
         with path.open(encoding="utf-8") as fh:

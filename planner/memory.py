@@ -12,6 +12,7 @@ context, NCCL buffers, paged optimizer states in unified memory). Those three po
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterable
 
 from .activations import Precision
@@ -76,28 +77,37 @@ class MemoryEstimate:
     model_states_bytes: float
     """Weights + gradients + optimizer states held per GPU (the seed's 16A / ZeRO arithmetic)."""
 
-    def phase_total(self, phase: str, pools: Iterable[str] = ("allocated",)) -> float:
-        pools = tuple(pools)
-        return sum(t.bytes for t in self.terms if phase in t.phases and t.pool in pools)
+    @cached_property
+    def _totals(self) -> dict[tuple[str, str], float]:
+        """Bytes per (phase, pool), summed once: the figures below are read many times per estimate."""
+        totals: dict[tuple[str, str], float] = {}
+        for t in self.terms:
+            for ph in t.phases:
+                totals[ph, t.pool] = totals.get((ph, t.pool), 0.0) + t.bytes
+        return totals
 
-    @property
+    def phase_total(self, phase: str, pools: Iterable[str] = ("allocated",)) -> float:
+        totals = self._totals
+        return sum(totals.get((phase, pool), 0.0) for pool in pools)
+
+    @cached_property
     def peak_phase(self) -> str:
         return max(PHASES, key=lambda ph: self.phase_total(ph, ("allocated", "reserved", "cached")))
 
-    @property
+    @cached_property
     def peak_allocated(self) -> float:
         return max(self.phase_total(ph) for ph in PHASES)
 
-    @property
+    @cached_property
     def driver_bytes(self) -> float:
         return sum(t.bytes for t in self.terms if t.pool == "driver")
 
-    @property
+    @cached_property
     def required(self) -> float:
         """Bytes the run cannot do without: allocated + unavoidable slack + memory outside PyTorch."""
         return max(self.phase_total(ph, ("allocated", "reserved")) for ph in PHASES) + self.driver_bytes
 
-    @property
+    @cached_property
     def peak_reserved(self) -> float:
         """What torch.cuda.max_memory_reserved() reaches over a long run (never beyond the GPU)."""
         grown = max(self.phase_total(ph, ("allocated", "reserved", "cached")) for ph in PHASES)

@@ -141,7 +141,7 @@ def _variants(
             micro_batch=mb,
             optim=optim,
         )
-        for precision, offload, ckpt in product(precisions, offloads, ckpts)
+        for offload, precision, ckpt in product(offloads, precisions, ckpts)  # least offload first
     ]
 
 
@@ -165,6 +165,8 @@ def _best_variant(
         return seen[setup]
 
     for setup in _variants(base, cluster, tuner, zero, fixed, arch):
+        if best is not None and OFFLOAD_RANK[setup.offload] > OFFLOAD_RANK[best.setup.offload]:
+            break  # more offload never wins over a fit with less (the order below); variants come least first
         first = evaluate(arch, setup, cluster, est(setup))
         if first.refusal is not None:
             smallest = smallest or first

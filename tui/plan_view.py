@@ -68,7 +68,7 @@ def to_json(plan: Plan, gpu_source: str, stats: DatasetStats | None = None) -> d
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, emoji=False)
 
 
 def memory_table(mem: MemoryEstimate):
