@@ -31,7 +31,8 @@ def main() -> int:
     wanted = {m for m in args.models.split(",") if m}
     worst = (0.0, "")
     t0 = time.perf_counter()
-    trace_setup(json.loads(models[0].read_text())["config"], Setup(tuner="lora", attn="sdpa"))  # warm imports
+    warm = ROOT / "planner" / "models" / "llama-3.2-1b.json"  # a family transformers builds from its config
+    trace_setup(json.loads(warm.read_text())["config"], Setup(tuner="lora", attn="sdpa"))  # warm imports
     print(f"warm-up (imports, first trace): {time.perf_counter() - t0:.1f} s")
     for path in models:
         entry = json.loads(path.read_text())
