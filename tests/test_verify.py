@@ -68,6 +68,16 @@ def test_a_setup_the_trace_cannot_run_says_so_and_the_plan_stands(capsys):
     assert out["estimate"]["per_gpu"]["peak_allocated_gib"] > 0
 
 
+def test_a_remote_code_family_is_analytic_only_in_one_line(capsys):
+    code, out, _ = plan_json(capsys, "--model", "qwen-7b", "--gpu", "a100-80g", "--tuner", "lora", "--verify")
+    assert code == 0
+    verified = out["verified"]
+    assert verified["traceable"] is False
+    assert "no model type 'qwen'" in verified["reason"] and "remote code" in verified["reason"]
+    assert verified["reason"].endswith("analytic only") and len(verified["reason"]) < 250
+    assert out["estimate"]["fits"] is True  # the analytic plan stands
+
+
 def test_without_the_training_stack_verify_says_what_to_install(capsys, monkeypatch):
     import runner.launch.verify as verify
 
