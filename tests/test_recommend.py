@@ -155,6 +155,17 @@ def test_impossible_combination_is_refused_with_the_fix(setup, gpu, n, rule, fix
     assert fix in by_rule[rule].reason
 
 
+def test_qlora_of_a_family_whose_linears_the_quantizer_skips_is_refused():
+    # transformers converts only `type(module) is nn.Linear`; falcon's FalconLinear stays 16-bit
+    # (the CPU trace of a falcon QLoRA step holds the full bf16 weights)
+    falcon = resolve_model("falcon-7b").arch
+    found = {r.rule: r for r in refusals(falcon, Setup(tuner="qlora"), cluster("a100-80g"))}
+    assert "qlora-unquantized" in found and "--tuner lora" in found["qlora-unquantized"].reason
+    assert "qlora-unquantized" not in {r.rule for r in refusals(LLAMA, Setup(tuner="qlora"), cluster("a100-80g"))}
+    rec = recommend(falcon, Setup(), cluster("a100-80g"))
+    assert all(not a.fits for a in rec.alternatives if a.tuner == "qlora")
+
+
 def test_a_sound_setup_has_no_refusals():
     setup = Setup(tuner="full", precision="bf16-mixed", zero=3, offload="optimizer+params")
     assert refusals(LLAMA, setup, cluster("a100-80g", 8)) == []
