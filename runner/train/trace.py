@@ -829,14 +829,17 @@ def layer_period(config: dict[str, Any]) -> int:
 
 def depths(setup, config: dict[str, Any]) -> tuple[int, int]:
     """The two depths a setup is traced at: past the layers it always trains (freeze's top K, LISA's
-    gamma), one layer period apart (models that alternate layer types repeat every two layers)."""
+    gamma), one layer period apart (models that alternate layer types repeat every two layers), and
+    never a single block: the first block is the only one whose forward runs with no earlier block's
+    outputs still held (falcon's eager blocks return their fp32 attention probabilities, alive until
+    the next block's call returns), so depth 1 -> 2 is not the per-layer slope."""
     base = 0
     if setup.tuner == "freeze":
         base = setup.trainable_layers
     elif setup.tuner == "lisa":
         base = setup.lisa_layers
     period = layer_period(config)
-    a = base + period
+    a = base + max(2, period)
     return a, a + period
 
 
