@@ -761,7 +761,10 @@ def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) ->
                 raise NotTraceable(f"transformers cannot build this setup: {str(err).splitlines()[0]}") from None
             if setup.tuner == "qlora":
                 base = quantize_fake(base, quantization(recipe))
-            model = apply_tuner(base, recipe, arch)
+            try:
+                model = apply_tuner(base, recipe, arch)
+            except ValueError as err:  # e.g. peft refusing DoRA on fused MoE experts
+                raise NotTraceable(f"peft refuses this setup: {str(err).splitlines()[0]}") from None
             vocab = hf_config.get_text_config().vocab_size
             rows = _rows(setup, vocab) * (setup.micro_batch * recipe.train.grad_accum * TRACED_STEP)
             args = training_arguments(recipe, run, has_eval=False)
