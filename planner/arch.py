@@ -162,9 +162,13 @@ class Architecture:
 
     @cached_property
     def layer_linear_params(self) -> int:
-        """Parameters in the linear layers of all blocks (what 4-bit quantisation converts)."""
+        """Parameters in the linear layers of all blocks (what 4-bit quantisation converts).
+
+        Fused MoE experts are 3-D nn.Parameters, not nn.Linear modules: transformers' bitsandbytes
+        quantizer (replace_with_bnb_linear) leaves them in the compute dtype, so they are not counted
+        (the CPU trace of a qwen3_moe QLoRA step holds them at 16 bits)."""
         dense = self.layers - self.moe_layers if self.dense_block else 0
-        moe_lin = sum(lin.params for lin in self.block)
+        moe_lin = sum(lin.params for lin in self.block if not (self.fused_experts and lin.copies > 1))
         dense_lin = sum(lin.params for lin in self.dense_block)
         return dense * dense_lin + (self.layers - dense) * moe_lin
 

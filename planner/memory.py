@@ -312,7 +312,7 @@ def _quantized_weight_terms(arch: Architecture, setup: Setup, pr: Params) -> lis
             "weights",
             "16-bit weights (embeddings, head, norms)",
             rest * rest_bytes,
-            source="embeddings, LM head and norms stay in the compute dtype",
+            source="embeddings, LM head, norms (and fused MoE experts, not nn.Linear) stay in the compute dtype",
             state=True,
         ),
         Term(

@@ -200,6 +200,18 @@ def test_qlora_nf4_stores_linears_in_about_half_a_byte():
     assert term(est, "model weights") == 0
 
 
+def test_qlora_leaves_fused_moe_experts_in_16_bits():
+    # transformers' bitsandbytes quantizer converts nn.Linear modules only; transformers 5 keeps a
+    # MoE layer's experts as 3-D parameters, so a QLoRA load leaves them bf16
+    a = arch("qwen3-30b-a3b")
+    assert a.fused_experts
+    experts = sum(lin.params for lin in a.block if lin.copies > 1) * a.layers
+    assert experts > 0.8 * a.params  # most of the model
+    assert a.layer_linear_params < a.params - experts
+    est = estimate(a, Setup(tuner="qlora"), ONE)
+    assert term(est, "16-bit weights (embeddings, head, norms)") >= 2 * experts
+
+
 def test_qlora_double_quant_is_smaller_than_plain_nf4():
     a = arch("llama-2-7b")
     dq = term(estimate(a, Setup(tuner="qlora", double_quant=True), ONE), "quantized linear weights")
