@@ -31,6 +31,7 @@ CASES = (
         ("mistral", dict(tuner="freeze", trainable_layers=2, seq_len=2048)),
         ("qwen3", dict(tuner="lisa", lisa_layers=2, seq_len=1024, grad_ckpt=False)),
         ("phi3", dict(tuner="lora", attn="eager", seq_len=2048, micro_batch=2)),
+        ("qwen3_moe", dict(tuner="qlora", seq_len=512, micro_batch=2)),  # fused experts stay 16-bit
     ]
 )
 
