@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-from . import hub
+from .hub import HubError, fetch_config, hub_cache_dir, looks_like_repo_id
 from .arch import Architecture
 from .hfconfig import ConfigError, architecture_from_config
 
@@ -197,7 +197,7 @@ def _locate(name: str, fetch: bool = True) -> _Found:
     if "/" not in name:
         raise UnknownModel(_unknown_message(name))
     repo_id = name.strip()
-    if not hub.looks_like_repo_id(repo_id):
+    if not looks_like_repo_id(repo_id):
         raise UnknownModel(
             f"{name!r} is neither an existing path nor a Hugging Face model id (org/name): check the path, "
             "or use a catalog name (ftui plan --list-models)"
@@ -207,8 +207,8 @@ def _locate(name: str, fetch: bool = True) -> _Found:
             f"{repo_id} is not in the catalog or the local HF cache; press enter to fetch its config.json"
         )
     try:
-        config_path = hub.fetch_config(repo_id)
-    except hub.HubError as err:
+        config_path = fetch_config(repo_id)
+    except HubError as err:
         raise UnknownModel(str(err)) from None
     source = f"Hugging Face Hub ({repo_id})"
     config = _read_config(config_path, f"config.json of {repo_id} from the Hugging Face Hub ({config_path})")
@@ -244,7 +244,7 @@ def _read_config(config_path: Path, what: str) -> dict:
 def hf_cache_dirs() -> list[Path]:
     """Where the Hugging Face hub cache lives: where huggingface_hub writes (`hub.hub_cache_dir`), then
     HF_HUB_CACHE, HF_HOME/hub and ~/.cache/huggingface/hub."""
-    dirs = [hub.hub_cache_dir()]
+    dirs = [hub_cache_dir()]
     if os.environ.get("HF_HUB_CACHE"):
         dirs.append(Path(os.environ["HF_HUB_CACHE"]))
     if os.environ.get("HF_HOME"):

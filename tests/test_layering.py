@@ -65,13 +65,11 @@ def _targets(node: ast.AST, module: str, is_package: bool, known: dict[str, Path
         base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
     else:
         base = node.module or ""
-    out = []
+    out = [base] if base in known else []  # `from pkg import x` runs pkg/__init__.py first, whatever x is
     for alias in node.names:
         sub = f"{base}.{alias.name}"
         if sub in known:  # `from pkg import module`
             out.append(sub)
-        elif base in known:
-            out.append(base)
     return out
 
 
@@ -259,6 +257,10 @@ def test_the_circle_finder_finds_a_planted_circle(tmp_path):
     assert cycles(graph) == [["pkg.sub.a", "pkg.sub.b", "pkg.sub.c"]]
     (pkg / "sub" / "c.py").write_text("")
     assert cycles(import_graph(tmp_path, ("pkg",))) == []
+    # `from . import b` goes through the package: an __init__ that re-exports a module importing b closes a circle
+    (pkg / "sub" / "__init__.py").write_text("from .a import thing\n")
+    (pkg / "sub" / "b.py").write_text("from . import c\n")
+    assert cycles(import_graph(tmp_path, ("pkg",))) == [["pkg.sub", "pkg.sub.a", "pkg.sub.b"]]
 
 
 def test_launching_a_run_imports_no_torch_in_the_cli_process():
