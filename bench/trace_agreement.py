@@ -63,8 +63,6 @@ def main() -> int:
     for family in families:
         model = TRACEABLE_FAMILIES[family]
         for label, knobs in cases(args.quick):
-            if family == "gemma2" and knobs["attn"] == "sdpa":
-                knobs = dict(knobs, attn="eager")  # transformers refuses sdpa for Gemma-2 (a planner rule too)
             row = compare(model, knobs, layers=args.layers)
             row.update(family=family, case=label)
             rows.append(row)

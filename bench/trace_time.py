@@ -24,7 +24,8 @@ def main() -> int:
     parser.add_argument("--tuners", default="lora,full")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    from planner import Setup
+    from planner import Setup, architecture_from_config
+    from planner.rules import usable_attn
     from runner.train.trace import NotTraceable, trace_setup
 
     models = sorted(ROOT.joinpath("planner", "models").glob("*.json"))
@@ -40,7 +41,7 @@ def main() -> int:
             continue
         config = entry["config"]
         for tuner in args.tuners.split(","):
-            attn = "eager" if config.get("model_type") == "gemma2" else "sdpa"
+            attn = usable_attn(architecture_from_config(config), "sdpa")  # eager where transformers refuses sdpa
             setup = Setup(tuner=tuner, attn=attn, seq_len=2048, precision="bf16-true")
             started = time.perf_counter()
             try:

@@ -76,6 +76,12 @@ def _reads_width(arch: Architecture, reads: str) -> int:
     return {"attn_in": arch.hidden, "attn_out": arch.q_dim, "mlp_in": arch.hidden, "mlp_mid": arch.intermediate}[reads]
 
 
+def builds_4d_mask(arch: Architecture, micro_batch: int, seq_len: int) -> bool:
+    """transformers hands SDPA a 4-D mask for a padded batch, or from the sliding window on; then it
+    repeats k/v to all heads (no enable_gqa with a mask)."""
+    return micro_batch > 1 or (arch.sliding_window is not None and seq_len >= arch.sliding_window)
+
+
 def block_activations(
     arch: Architecture,
     *,
@@ -162,10 +168,7 @@ def block_activations(
     # Attention core.
     q, kv = arch.q_dim, arch.kv_dim
     math = attn == "sdpa" and arch.sdpa_math
-    # transformers hands SDPA a 4-D mask for a padded batch, or from the sliding window on; then it
-    # repeats k/v to all heads (no enable_gqa with a mask).
-    window = arch.sliding_window is not None and seq_len >= arch.sliding_window
-    masked = attn == "sdpa" and (micro_batch > 1 or window)
+    masked = attn == "sdpa" and builds_4d_mask(arch, micro_batch, seq_len)
     repeat_kv = (attn == "eager" or masked) and arch.kv_heads < arch.heads  # n_rep = 1 repeats nothing
     k_saved = q if repeat_kv else kv
     saved_scores = 0.0

@@ -93,6 +93,10 @@ class Architecture:
     fused_experts: bool = False
     """transformers 5 keeps a MoE layer's experts as two 3-D parameters, gate_up_proj (E, 2i, h) and
     down_proj (E, h, i); peft adapts them as parameters (its ParamWrapper), not as linear layers."""
+    linear_subclass: str = ""
+    """The block's linears are this nn.Linear subclass (falcon's FalconLinear). transformers' bitsandbytes
+    quantizer converts `type(module) is nn.Linear` (and Conv1D) only (replace_with_bnb_linear,
+    transformers 5.24), so a QLoRA load leaves them in the compute dtype."""
     sdpa_math: bool = False
     """The model's SDPA call passes k/v with fewer heads than q and no enable_gqa (falcon), which
     only SDPA's math kernel accepts: it upcasts to fp32 and keeps the heads x s^2 softmax, as eager."""
@@ -164,9 +168,11 @@ class Architecture:
     def layer_linear_params(self) -> int:
         """Parameters in the linear layers of all blocks (what 4-bit quantisation converts).
 
-        Fused MoE experts are 3-D nn.Parameters, not nn.Linear modules: transformers' bitsandbytes
-        quantizer (replace_with_bnb_linear) leaves them in the compute dtype, so they are not counted
-        (the CPU trace of a qwen3_moe QLoRA step holds them at 16 bits)."""
+        transformers' bitsandbytes quantizer (replace_with_bnb_linear) converts plain nn.Linear modules
+        only: fused MoE experts (3-D nn.Parameters) and a `linear_subclass` stay in the compute dtype and
+        are not counted (the CPU trace of a qwen3_moe or falcon QLoRA step holds them at 16 bits)."""
+        if self.linear_subclass:
+            return 0
         dense = self.layers - self.moe_layers if self.dense_block else 0
         moe_lin = sum(lin.params for lin in self.block if not (self.fused_experts and lin.copies > 1))
         dense_lin = sum(lin.params for lin in self.dense_block)

@@ -278,6 +278,7 @@ def _falcon(cfg: Config) -> Architecture:
         parallel_block=parallel or new_arch,
         mlp_act="gelu",
         sdpa_math=kv < heads,  # transformers' FalconAttention hands SDPA unrepeated k/v (no enable_gqa)
+        linear_subclass="FalconLinear",
         **c,
     )
 

@@ -16,13 +16,6 @@ class Refusal:
     reason: str
 
 
-UNQUANTIZED_LINEAR_FAMILIES = {"falcon": "FalconLinear"}
-"""Families whose block linears subclass nn.Linear. transformers' replace_with_bnb_linear converts
-`type(module) is nn.Linear` (and Conv1D) only, so a QLoRA load leaves these in the compute dtype
-(transformers 5.24, integrations/bitsandbytes.py; the CPU trace of a falcon QLoRA step shows the
-full 16-bit weights)."""
-
-
 def sdpa_refused(arch: Architecture) -> bool:
     """transformers builds Gemma-2 (attention logit soft-capping) only with eager or flash attention:
     `_supports_sdpa = False` in its modeling code, so asking for sdpa fails at model load."""
@@ -61,12 +54,11 @@ def refusals(arch: Architecture, setup: Setup, cluster: Cluster) -> list[Refusal
         )
     if setup.attn == "flash" and setup.precision == "fp32":
         refuse("flash-fp32", "FlashAttention runs only in fp16/bf16; use --attn sdpa with --precision fp32")
-    if setup.tuner == "qlora" and arch.family in UNQUANTIZED_LINEAR_FAMILIES:
+    if setup.tuner == "qlora" and arch.linear_subclass:
         refuse(
             "qlora-unquantized",
             f"transformers' bitsandbytes quantizer converts only plain nn.Linear layers, and {arch.family}'s blocks "
-            f"use {UNQUANTIZED_LINEAR_FAMILIES[arch.family]}: they would stay 16-bit (LoRA's memory, not QLoRA's); "
-            "use --tuner lora",
+            f"use {arch.linear_subclass}: they would stay 16-bit (LoRA's memory, not QLoRA's); use --tuner lora",
         )
     if setup.tuner == "qlora" and setup.zero == 3:
         refuse(

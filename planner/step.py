@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .activations import BlockActivations, block_activations
+from .activations import BlockActivations, block_activations, builds_4d_mask
 from .arch import Architecture, Linear
 
 
@@ -360,7 +360,6 @@ _BLOCKS: dict[tuple, tuple[Architecture, BlockActivations]] = {}
 
 
 def blocks_for(arch, setup, w, *, trainable: bool) -> BlockActivations:
-    masked_by_window = arch.sliding_window is not None and setup.seq_len >= arch.sliding_window
     key = (
         id(arch),
         trainable,
@@ -370,8 +369,7 @@ def blocks_for(arch, setup, w, *, trainable: bool) -> BlockActivations:
         effective_dropout(arch, setup),
         setup.dora,
         setup.attn,
-        setup.micro_batch > 1,
-        masked_by_window,
+        builds_4d_mask(arch, setup.micro_batch, setup.seq_len),  # all block_activations reads of both
         w.act,
     )
     cached = _BLOCKS.get(key)

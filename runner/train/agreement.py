@@ -1,8 +1,8 @@
 """The planner's analytic memory model against the trace of the same setup on the same cut model.
 
-Used by tests/test_trace_agreement.py and bench/trace_agreement.py. Both sides see the model cut
-to the same number of decoder layers, so no extrapolation is involved: any difference is the
-analytic model's.
+Used by tests/test_trace_agreement.py and bench/trace_agreement.py. Both sides see the whole model
+(the trace extrapolated from two depths, see trace_setup), with the attention kernel the planner
+would use; a setup the planner refuses is not compared.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from planner import Cluster, Setup, architecture_from_config, estimate, gpu_spec
+from planner import Cluster, Setup, architecture_from_config, estimate, gpu_spec, refusals
 from planner.memory import PARTS
+from planner.rules import usable_attn
 
 from .trace import NotTraceable, trace_setup, truncated_config
 
@@ -40,9 +41,12 @@ def catalog_config(name: str) -> dict[str, Any]:
     return json.loads((MODELS / f"{name}.json").read_text())["config"]
 
 
+CLUSTER = Cluster(gpu_spec("h100"))
+
+
 def analytic(config: dict[str, Any], setup: Setup) -> dict[str, dict[str, float]]:
     """Allocated bytes per phase and part, as the trace can see them (no CUDA-only terms)."""
-    mem = estimate(architecture_from_config(config), setup, Cluster(gpu_spec("h100")))
+    mem = estimate(architecture_from_config(config), setup, CLUSTER)
     return {phase: mem.traceable_parts(phase) for phase in ("backward", "step")}
 
 
@@ -51,11 +55,18 @@ def compare(model: str, knobs: dict[str, Any], *, layers: int | None = None) -> 
 
     Both sides see the whole model: the trace at two depths extrapolated to the layer count
     (exact, see trace_setup), the planner on the full config. `layers` cuts the model first."""
-    setup = Setup(**{**BASE, **knobs})
     config = catalog_config(model)
     if layers:
         config = truncated_config(config, layers)
-    row: dict[str, Any] = {"model": model, "knobs": {**BASE, **knobs}}
+    arch = architecture_from_config(config)
+    knobs = {**BASE, **knobs}
+    knobs["attn"] = usable_attn(arch, knobs["attn"])  # e.g. eager for Gemma-2, which refuses sdpa
+    setup = Setup(**knobs)
+    row: dict[str, Any] = {"model": model, "knobs": knobs}
+    refused = refusals(arch, setup, CLUSTER)
+    if refused:
+        row["reason"] = f"refused by the planner ({refused[0].rule}): {refused[0].reason}"
+        return row
     try:
         traced = trace_setup(config, setup)
     except NotTraceable as err:

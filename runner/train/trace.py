@@ -64,12 +64,6 @@ optimizer state (checked first). Activation gradients made in backward count as 
 update's temporaries as optimizer, as the planner books them."""
 
 
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
-
-
 class NotTraceable(RuntimeError):
     """This setup cannot be traced; the message says why (the analytic plan still stands)."""
 
@@ -720,13 +714,14 @@ def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) ->
         raise NotTraceable("QLoRA int8 is not traceable (bitsandbytes' 8-bit layers): analytic only")
     if setup.zero or setup.offload != "none":
         raise NotTraceable("DeepSpeed ZeRO and offload are not traced (one process, no DeepSpeed): analytic only")
+    import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     model_type = config.get("model_type")
     if model_type not in CONFIG_MAPPING:
         remote = " (its config names remote code, auto_map)" if config.get("auto_map") else ""
         raise NotTraceable(
-            f"transformers {_version('transformers')} has no model type {model_type!r}{remote}; the trace builds "
+            f"transformers {transformers.__version__} has no model type {model_type!r}{remote}; the trace builds "
             "models with transformers' own code only: analytic only"
         )
     recipe = trace_recipe(setup, config)
