@@ -60,6 +60,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from runner.rundir.metrics import MetricsTail  # noqa: E402
 from runner.rundir.runs import RunDir  # noqa: E402
 
 GIB = 2**30
@@ -349,17 +350,8 @@ def wait_supervisor(run: RunDir, timeout: float = 60.0) -> None:
 
 
 def read_metrics(run: RunDir) -> list[dict[str, Any]]:
-    try:
-        lines = run.metrics.read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return [r for r in out if isinstance(r, dict) and r.get("step") is not None]
+    """The run's step records (the runner's own metrics reader; a half-written last line is left out)."""
+    return [r for r in MetricsTail(run.metrics).read() if r.get("step") is not None]
 
 
 def steady_tokens_per_s(records: list[dict[str, Any]]) -> float | None:
