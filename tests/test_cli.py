@@ -212,6 +212,8 @@ ERROR_CASES = {
     "tuner-bogus": (["--model", "7b", "--gpu", "t4", "--tuner", "bogus"], "--tuner"),
     "lora-targets": (["--model", "7b", "--gpu", "t4", "--tuner", "lora", "--lora-targets", "nonsense"], "q_proj"),
     "missing-model": (["--gpu", "t4"], "--model"),
+    "gpu-mem-inf": (["--model", "7b", "--gpu-mem", "1e309"], "--gpu-mem"),
+    "gpu-mem-huge": (["--model", "7b", "--gpu-mem", "1e12"], "plausible"),
     "missing-dataset": (
         ["--model", "7b", "--gpu", "t4", "--dataset", "/nonexistent/train.jsonl"],
         "/nonexistent/train.jsonl",

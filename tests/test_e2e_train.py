@@ -235,6 +235,12 @@ def test_kill_minus_9_is_seen_as_dead_and_resume_finishes_the_run(capsys, runs_d
     check_finished(run, steps=60)
     first_after = [s for s in (m["step"] for m in metrics(run))][-1]
     assert first_after == 60
+    launches = len(run.launches())
+    capsys.readouterr()
+    assert main(["resume", run.id]) != 0  # a finished run has nothing left to train
+    err = capsys.readouterr().err
+    assert "finished" in err and "train.max_steps" in err and "Traceback" not in err
+    assert len(run.launches()) == launches and [m["step"] for m in metrics(run)][-1] == 60
 
 
 # --- what a user sees when something is wrong ----------------------------------------------
@@ -247,6 +253,36 @@ def test_a_malformed_recipe_is_refused_before_anything_starts(capsys, runs_dir, 
     err = capsys.readouterr().err
     assert f"{bad}:4: unknown key train.lrr (did you mean train.lr?)" in err and "Traceback" not in err
     assert not list_runs(runs_dir)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"dataset:\n  path: data.jsonl\n", "model.path is required"),
+        (b"model:\n  path: x\n", "dataset.path is required"),
+        (b"\x00\x01\xff\xfe", "not a text file"),
+        (b"model:\n  path: x\ndataset:\n  path: d.jsonl\ntrain:\n  logging_steps: 0\n", "logging_steps"),
+    ],
+    ids=["no-model", "no-dataset", "binary", "logging-steps-0"],
+)
+def test_a_recipe_missing_its_parts_is_refused_by_name(capsys, runs_dir, tmp_path, content, needle):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    for argv in (["train", str(bad)], ["train", str(bad), "--dry-run"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err and "internal error" not in err
+        assert str(tmp_path) + " has no config.json" not in err  # not the recipe's own directory
+    assert not list_runs(runs_dir)
+
+
+def test_a_runs_dir_that_is_a_file_is_refused_and_the_file_kept(capsys, tmp_path):
+    blocker = tmp_path / "runs"
+    blocker.write_text("keep me")
+    assert main(["train", DEMO, "--runs-dir", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a directory" in err and "internal error" not in err
+    assert blocker.read_text() == "keep me"
 
 
 def test_a_dataset_with_the_wrong_columns_is_refused_at_launch(capsys, runs_dir, tmp_path):

@@ -83,6 +83,12 @@ def test_override_paths_are_relative_to_the_current_directory(tmp_path, monkeypa
         (["tuner=qlora", "distributed.zero=3"], "QLoRA with ZeRO-3"),
         (["distributed.node_rank=2", "distributed.nodes=2"], "node_rank 2 must be in [0, nodes=2)"),
         (["distributed.launcher=python", "distributed.gpus=2"], "runs one process"),
+        (["train.logging_steps=0"], "train.logging_steps must be at least 1"),
+        (["train.save_steps=0"], "train.save_steps must be at least 1"),
+        (["train.save_total_limit=0"], "train.save_total_limit must be at least 1"),
+        (["train.warmup_ratio=-0.5"], "train.warmup_ratio -0.5 must be a fraction in [0, 1)"),
+        (["train.eval_steps=-1"], "train.eval_steps must be 0"),
+        (["train.max_grad_norm=-1"], "must be 0 or more"),
     ],
 )
 def test_cross_field_checks(overrides, message):

@@ -148,6 +148,8 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    if not math.isfinite(value) or value > 1e6:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a plausible size in GiB (at most 1000000)")
     return value
 
 

@@ -10,6 +10,7 @@ from recipes import find_recipe
 from runner.launch.lifecycle import PlanRefused, check_data, prepare, start_run
 from runner.recipe.schema import RecipeError, dump_recipe
 from runner.recipe.resolve import verdict
+from runner.rundir.runs import RunError
 
 from . import follow
 from .errors import CliError
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             return dry_run(path, args.overrides)
         started = start_run(path, args.overrides, runs_dir=args.runs_dir, force=args.force)
-    except (RecipeError, PlanRefused) as err:
+    except (RecipeError, PlanRefused, RunError) as err:
         raise CliError(str(err)) from None
     s, run_dir = started.settings, started.run
     for note in s.notes:

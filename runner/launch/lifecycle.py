@@ -15,7 +15,7 @@ from planner.report import estimate_json
 from runner.data.check import check_dataset
 from runner.data.records import DataError
 from runner.recipe.resolve import Machine, RunSettings, detect_machine, resolve, verdict
-from runner.recipe.schema import AUTO, Recipe, RecipeError, apply_overrides, dump_recipe, load_recipe
+from runner.recipe.schema import AUTO, Recipe, RecipeError, apply_overrides, dump_recipe, load_recipe, validate
 from runner.rundir.checkpoints import newest_complete
 from runner.rundir.runs import ACTIVE, RunDir, RunError, default_runs_dir, new_run_dir, process_start_time
 
@@ -46,7 +46,7 @@ def absolute_paths(recipe: Recipe) -> Recipe:
 
 def prepare(recipe_path: Path, overrides: list[str], machine: Machine | None = None) -> RunSettings:
     """Read, override, check and resolve a recipe (nothing is written)."""
-    recipe = apply_overrides(load_recipe(recipe_path), overrides)
+    recipe = validate(apply_overrides(load_recipe(recipe_path), overrides))  # before paths: "" is not the recipe's dir
     return resolve(absolute_paths(recipe), machine or detect_machine())
 
 
@@ -128,6 +128,11 @@ def resume_run(run: RunDir, *, machine: Machine | None = None, python: str = sys
     state = run.effective_state()
     if state in ACTIVE:
         raise RunError(f"run {run.id} is {state}; stop it first (ftui stop {run.id})")
+    if state == "finished":
+        raise RunError(
+            f"run {run.id} finished: it trained all its steps, so there is nothing to resume. "
+            f"To train longer, start a new run from {run.recipe} with a larger train.max_steps or train.epochs"
+        )
     try:
         settings = resolve(load_recipe(run.recipe), machine or detect_machine())
     except RecipeError as err:

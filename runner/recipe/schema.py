@@ -249,7 +249,14 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(str(path), "no such recipe file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(
+            str(path), f"not a text file (byte {err.start} is not UTF-8); a recipe is a YAML file"
+        ) from None
+    except OSError as err:
+        raise RecipeError(str(path), f"cannot read the recipe: {err.strerror}") from None
     return parse_recipe(text, str(path))
 
 
@@ -354,6 +361,20 @@ def validate(recipe: Recipe) -> Recipe:
         value = getattr(t, name)
         if value != AUTO and value < 1:
             raise RecipeError(src, f"train.{name} must be at least 1 or auto")
+    at_least_one = {
+        "logging_steps": "steps between loss lines in metrics.jsonl",
+        "save_steps": "steps between checkpoints, which stop and resume restart from",
+        "save_total_limit": "checkpoints kept; resume needs at least one",
+    }
+    for name, meaning in at_least_one.items():
+        if getattr(t, name) < 1:
+            raise RecipeError(src, f"train.{name} must be at least 1 ({meaning}), got {getattr(t, name)}")
+    if t.eval_steps < 0:
+        raise RecipeError(src, f"train.eval_steps must be 0 (once per epoch) or more, got {t.eval_steps}")
+    if not 0.0 <= t.warmup_ratio < 1.0:
+        raise RecipeError(src, f"train.warmup_ratio {t.warmup_ratio} must be a fraction in [0, 1)")
+    if t.weight_decay < 0 or t.max_grad_norm < 0:
+        raise RecipeError(src, "train.weight_decay and train.max_grad_norm must be 0 or more")
     if t.lr != AUTO and not 0 < t.lr < 1:
         raise RecipeError(src, f"train.lr {t.lr} is out of range (0, 1)")
     if d.zero != AUTO and d.zero not in (0, 1, 2, 3):

@@ -156,7 +156,13 @@ def new_run_dir(root: Path, name: str) -> RunDir:
     """A fresh, uniquely named run directory under `root` (always an absolute path: the run's
     processes do not share the caller's working directory)."""
     root = root.expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    fix = f"choose a writable directory with --runs-dir DIR or {RUNS_DIR_ENV}=DIR"
+    if root.exists() and not root.is_dir():
+        raise RunError(f"the runs directory {root} is a file, not a directory; move it away or {fix}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunError(f"cannot create the runs directory {root}: {err.strerror}; {fix}") from None
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
@@ -165,6 +171,8 @@ def new_run_dir(root: Path, name: str) -> RunDir:
             candidate.mkdir()
         except FileExistsError:
             continue
+        except OSError as err:
+            raise RunError(f"cannot create a run directory in {root}: {err.strerror}; {fix}") from None
         return RunDir(candidate)
     raise RunError(f"cannot create a run directory under {root}")
 
