@@ -9,18 +9,28 @@ import math
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Input, Select, Static
+from textual.widgets import DataTable, Input, Select, Static, TabbedContent
 
 from runner.recipe.schema import load_recipe
 from runner.rundir.runs import new_run_dir
 from runner.watch.sources import DirRunSource
 from tui.app.confirm import Confirm
 from tui.app.launch import LaunchScreen
+from tui.app.logs import LogScreen
 from tui.app.monitor import MonitorScreen
 
 from app_support import make_app, replay_app, text_of, until
 
 SIZE = (100, 34)
+
+
+def footer(app) -> dict[str, bool]:
+    """The keys the footer of the screen on top shows, as painted: key -> usable (False: dimmed)."""
+    return {key.key: not key.has_class("-disabled") for key in app.screen.query("FooterKey")}
+
+
+def active_tab(app) -> str:
+    return app.screen_stack[0].query_one(TabbedContent).active
 
 
 # --- GPUs pane ---------------------------------------------------------------------------------
@@ -150,6 +160,70 @@ async def test_enter_on_an_alternative_plans_that_tuner_and_stage():
         assert planner.outcome.setup.zero == int(str(rows[target][1]).split("-")[0])
 
 
+async def test_an_alternative_that_needs_more_memory_at_a_higher_zero_stage_shows_its_micro_batch():
+    """Issue 10: the table had no micro-batch column, so ZeRO-2 at 63 GiB beside ZeRO-1 at 58 GiB
+    looked wrong; each alternative is planned at the largest micro-batch that fits its stage."""
+    app = make_app("8xh100")
+    async with app.run_test(size=SIZE) as pilot:
+        planner = await type_model(app, pilot, "qwen2.5-7b")
+        table = app.query_one("#plan-alts", DataTable)
+        assert [str(c.label) for c in table.columns.values()][:5] == ["tuner", "ZeRO", "fits", "micro-batch", "GiB"]
+        rows = {(str(r[0]), str(r[1])): r for r in (table.get_row_at(i) for i in range(table.row_count))}
+        for alt in planner.outcome.plan.recommendation.alternatives:
+            if (alt.tuner, str(alt.zero)) in rows and alt.candidate and alt.candidate.refusal is None:
+                assert rows[alt.tuner, str(alt.zero)][3] == str(alt.candidate.setup.micro_batch)
+        one, two = rows["full", "1"], rows["full", "2"]
+        assert float(two[4]) > float(one[4]) and int(two[3]) > int(one[3])  # more memory: a bigger micro-batch
+        refused = next(r for r in rows.values() if str(r[6]).startswith("refused"))
+        assert refused[3] == "-" and refused[4] == "-"
+
+
+def test_ftui_plan_shows_the_same_micro_batch_column(capsys, monkeypatch):
+    from tui.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    args = ["plan", "--model", "qwen2.5-7b", "--gpus", "8", "--gpu", "h100-80g"]
+    assert main([*args, "--json"]) == 0
+    planned = {(a["tuner"], str(a["zero"])): a["setup"] for a in json.loads(capsys.readouterr().out)["alternatives"]}
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("tuner"))
+    assert lines[header].split()[:5] == ["tuner", "ZeRO", "fits", "micro-batch", "GiB/GPU"]
+    rows = [line.split() for line in lines[header + 1 :] if line.split()[:1] == ["full"]]
+    assert len(rows) == 4
+    for tuner, zero, _, micro_batch, *_ in rows:
+        assert micro_batch == str(planned[tuner, zero]["micro_batch"])
+
+
+async def test_the_planner_footer_dims_launch_without_a_plan_and_offers_leave_field_only_in_the_form():
+    app = make_app("8xh100")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p")
+        await until(pilot, lambda: app.focused is app.query_one("#f-model"), what="the model field")
+        await until(pilot, lambda: "ctrl+l" in footer(app), what="the planner's footer")
+        assert footer(app) == {"ctrl+l": False, "ctrl+t": False, "escape": True}  # g, p, r, q type letters here
+        await pilot.pause()  # the Input's focus handler selects its text: let it run before typing
+        await pilot.press(*"qwen2.5-7b")
+        planner = app.query_one("#planner-tab")
+        await until(pilot, lambda: planner.outcome is not None and planner.outcome.setup is not None, what="a plan")
+        await until(pilot, lambda: footer(app).get("ctrl+l"), what="launch offered once there is a plan")
+        assert footer(app)["ctrl+t"]
+        await pilot.press("escape")  # out of the form, to the alternatives
+        await until(pilot, lambda: "enter" in footer(app), what="the alternatives' key")
+        assert "escape" not in footer(app) and {"g", "p", "r", "q"} <= set(footer(app))
+
+        app.query_one("#f-tuner", Select).value = "qlora"  # a given tuner: no alternatives to pick from
+        await until(pilot, lambda: planner.outcome.setup is not None and planner.outcome.setup.tuner == "qlora")
+        app.query_one("#f-model", Input).focus()
+        await until(pilot, lambda: "escape" in footer(app), what="leave field, back in the form")
+        await pilot.press("escape")
+        await until(pilot, lambda: app.focused is app.query_one("#plan-result"), what="focus on the plan")
+        await until(pilot, lambda: "g" in footer(app), what="the tab keys again")
+        assert "enter" not in footer(app) and "escape" not in footer(app)
+        await pilot.press("r")
+        await until(pilot, lambda: active_tab(app) == "runs", what="r works again")
+
+
 async def test_ctrl_t_traces_the_shown_setup_beside_the_bar():
     pytest.importorskip("torch")
     app = make_app("8xh100")
@@ -196,6 +270,8 @@ async def test_launch_writes_the_planned_recipe_and_hands_it_to_the_runner(tmp_p
         await pilot.press("ctrl+l")
         await until(pilot, lambda: isinstance(app.screen, LaunchScreen), what="the launch dialog")
         dialog = app.screen
+        await until(pilot, lambda: footer(app), what="the dialog's footer")
+        assert footer(app) == {"ctrl+s": True, "escape": True}  # its own keys, not the planner's below
         preview = str(dialog.query_one("#launch-yaml", Static).render())
         assert "tuner: lora" in preview and "micro_batch: 4" in preview and "gpus: 8" in preview
 
@@ -278,6 +354,90 @@ async def test_stop_asks_first_and_only_yes_stops():
         await until(pilot, lambda: "stopped" in text_of(app, "#mon-header"))
 
 
+async def test_g_and_p_on_the_monitor_leave_it_instead_of_switching_the_tab_behind_it():
+    """Issue 10: g / p on a run's monitor switched the tab under it and left the monitor on top."""
+    app, runs, _ = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
+        await pilot.press("g")
+        await until(pilot, lambda: len(app.screen_stack) == 1, what="the monitor to close")
+        assert active_tab(app) == "gpus"
+        await until(pilot, lambda: app.focused is app.query_one("#gpu-table"), what="focus on the GPU table")
+
+        app.show_run(runs.run_id)
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor again")
+        await pilot.press("p")
+        await until(pilot, lambda: len(app.screen_stack) == 1, what="the monitor to close")
+        assert active_tab(app) == "planner"
+        await until(pilot, lambda: app.focused is app.query_one("#f-model"), what="focus on the model field")
+
+
+async def test_a_tab_key_on_a_log_opened_from_the_monitor_leaves_both():
+    app, _, _ = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, LogScreen), what="the log")
+        await pilot.press("r")
+        await until(pilot, lambda: len(app.screen_stack) == 1, what="back on the tabs")
+        assert active_tab(app) == "runs"
+        await until(pilot, lambda: app.focused is app.query_one("#runs-table"), what="focus on the runs table")
+
+
+async def test_esc_from_ftui_monitor_lands_on_the_runs_tab_not_the_gpus(tmp_path, monkeypatch):
+    """Issue 10: `ftui monitor RUN` opens the app on the run's monitor; esc showed the GPUs tab."""
+    import tui.app_cmd
+    from tui.app.app import FtuiApp
+    from tui.cli import main
+
+    root = tmp_path / "runs"
+    for name in ("alpha", "beta"):
+        run = new_run_dir(root, name)
+        run.recipe.write_text("tuner: lora\n")
+        run.set_status("finished")
+        run.metrics.write_text(json.dumps({"step": 80, "total_steps": 80, "loss": 1.25, "time": 1.0}) + "\n")
+    started: list[FtuiApp] = []
+    monkeypatch.setattr(tui.app_cmd, "_needs_terminal", lambda: None)
+    monkeypatch.setattr(FtuiApp, "run", lambda self, **kwargs: started.append(self))
+    assert main(["monitor", "beta", "--runs-dir", str(root)]) == 0
+    app = started[0]
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
+        assert app.screen.run_id.startswith("beta")
+        table = app.query_one("#runs-table", DataTable)
+        await until(pilot, lambda: table.row_count == 2, what="both runs listed")
+        await pilot.press("escape")
+        await until(pilot, lambda: len(app.screen_stack) == 1, what="the monitor to close")
+        assert active_tab(app) == "runs"
+        await until(pilot, lambda: app.focused is table, what="focus on the runs table")
+        assert str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value).startswith("beta")
+
+
+async def test_the_monitor_footer_offers_stop_while_running_and_resume_once_stopped():
+    """Issue 10: the footer shows the keys that work here; a dialog shows its own, not those below it."""
+    app, runs, _ = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
+        await until(pilot, lambda: footer(app).get("s"), what="stop offered on a running run")
+        assert footer(app) == {
+            "escape": True, "s": True, "R": False, "l": True, "q": True, "g": True, "p": True, "r": True
+        }  # fmt: skip
+        await pilot.press("R")  # dimmed: nothing happens
+        assert not runs.stopped and isinstance(app.screen, MonitorScreen)
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, Confirm), what="the question")
+        await until(pilot, lambda: footer(app), what="the dialog's footer")
+        assert footer(app) == {"y": True, "n": True}  # esc answers no as well: one key per answer is shown
+        await pilot.press("g")  # the tabs' keys do not reach past a dialog
+        assert isinstance(app.screen, Confirm)
+        await pilot.press("y")
+        await until(pilot, lambda: footer(app).get("R"), what="resume offered once stopped")
+        assert footer(app)["s"] is False
+        await pilot.press("R")
+        await until(pilot, lambda: footer(app).get("s"), what="stop offered again after the resume")
+        assert not runs.stopped
+
+
 async def test_a_nan_loss_is_flagged(tmp_path):
     recording = tmp_path / "diverged"
     recording.mkdir()
@@ -320,7 +480,7 @@ async def test_the_runs_tab_lists_runs_and_opens_one(tmp_path):
 
 async def test_runs_of_other_tools_are_listed_watched_and_left_alone(tmp_path):
     """A LLaMA-Factory output dir and an ms-swift one under a watched directory: listed with their
-    tool, opened in the monitor with their loss points; stop is refused with the reason."""
+    tool, opened in the monitor with their loss points; stop and resume are not offered for them."""
     saves = tmp_path / "saves"
     lf = saves / "qwen-lora"
     lf.mkdir(parents=True)
@@ -359,16 +519,18 @@ async def test_runs_of_other_tools_are_listed_watched_and_left_alone(tmp_path):
         assert cells[3] == "30/100" and cells[4] == "1.7000"
         table.move_cursor(row=index)
         await until(pilot, lambda: app.focused is table, what="focus on the runs table")
+        await until(pilot, lambda: "l" in footer(app), what="the run's keys in the footer")
+        assert "s" not in footer(app) and "R" not in footer(app)  # ftui cannot stop or resume it
         await pilot.press("s")
-        await until(
-            pilot, lambda: any("did not launch it" in n.message for n in app._notifications), what="the refusal"
-        )
         assert not isinstance(app.screen, Confirm)
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
         monitor = app.screen
         await until(pilot, lambda: monitor.steps == [10, 20, 30], what="the three loss points")
         assert "step 30/100" in text_of(app, "#mon-header")
+        assert "llamafactory run, watched only" in text_of(app, "#mon-header")
+        await until(pilot, lambda: "l" in footer(app), what="the monitor's footer")
+        assert "s" not in footer(app) and "R" not in footer(app)
 
 
 async def test_q_quits_without_touching_a_running_run():

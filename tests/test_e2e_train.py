@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
 import time
@@ -22,7 +21,7 @@ from recipes import find_recipe
 from runner.rundir.runs import RunDir, list_runs
 from tui.cli import main
 
-from conftest import kill_runs
+from conftest import await_run_processes, kill_runs
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -56,17 +55,9 @@ def train(capsys, *sets: str, recipe: str = DEMO) -> RunDir:
 
 
 def wait_end(run: RunDir, timeout: float = 240) -> str:
-    """Await the supervisor's exit, then return the run's state."""
-    pid = run.launches()[-1]["pid"]
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return run.effective_state()
-    try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
-    assert ready, f"{run.id} still running after {timeout} s:\n{tail(run)}"
+    """Await the exit of the supervisor and every training process (pidfds), then return the run's state."""
+    alive = await_run_processes(run, timeout)
+    assert not alive, f"{run.id} still running after {timeout} s (pids {alive}):\n{tail(run)}"
     return run.effective_state()
 
 

@@ -146,7 +146,9 @@ def test_llamafactory_trainer_log_becomes_ftui_records(tmp_path):
     assert first["total_steps"] == 100 and first["loss"] == 1.9 and first["lr"] == 4.5e-05
     assert first["epoch"] == 0.1 and first["tokens"] == 94400 and first["tokens_per_s"] == 1523.4
     assert first["elapsed_s"] == 62 and first["eta_s"] == 558
-    assert first["mem"] == {} and first["grad_norm"] is None and first["time"] is None
+    assert first["mem"] == {} and first["grad_norm"] is None
+    written = (tmp_path / "out" / "trainer_log.jsonl").stat().st_mtime  # no tool writes a time: the file's, and
+    assert ev["time"] == written and second["time"] == written - 6 and first["time"] == written - 68  # elapsed
     assert second["mem"] == {"0": {"reserved_gib": 15.75, "allocated_gib": 13.2}}
     assert ev["eval_loss"] == 1.61 and ev["loss"] is None and ev["eta_s"] == 86403
 
@@ -336,8 +338,10 @@ def test_info_state_follows_file_age_and_progress(tmp_path):
     live = info(run, now=t + 60)
     assert (live.state, live.tool, live.step, live.total_steps) == ("running", "llamafactory", 20, 100)
     assert live.loss == 1.5  # the last train loss, not the eval loss after it
-    assert live.eta_s == 86403 and live.started == t and live.active
-    assert info(run, now=t + 601).state == "stale"
+    assert live.eta_s == 86403 and live.active
+    assert live.started == t - 130  # the last line was written 0:02:10 after training began
+    assert info(run, now=t + 5 * 62 - 1).state == "running"  # a line every 62 s: five of them without one
+    assert info(run, now=t + 5 * 62 + 1).state == "stalled"
     write_jsonl(log, [{"current_steps": 100, "total_steps": 100, "loss": 0.9}], mode="a")
     set_mtime(log, t)
     assert info(run, now=t + 3600).state == "finished"
@@ -367,7 +371,7 @@ def test_hf_info_uses_global_step_and_max_steps(tmp_path):
     assert (got.state, got.step, got.total_steps, got.loss) == ("finished", 30, 30, pytest.approx(2.7))
     write_state(path, hf_state([10, 20], 30))
     assert info(run, now=path.stat().st_mtime + 1).state == "running"
-    assert info(run, now=path.stat().st_mtime + 3600).state == "stale"
+    assert info(run, now=path.stat().st_mtime + 3600).state == "stalled"
 
 
 # --- through the RunSource -------------------------------------------------------------------------------------------
@@ -407,3 +411,166 @@ def test_importing_foreign_pulls_in_no_heavy_module():
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+# --- honest states: when a run has ended, stalled, or started --------------------------------------------------------
+
+
+def hf_token_entries(steps: list[int], max_steps: int) -> list[dict]:
+    """log_history entries of an HF run with include_num_input_tokens_seen: Trainer.log adds the tokens and
+    speed_metrics("train", start_time, num_tokens=...), so every step's entry carries train_runtime."""
+    return [
+        {
+            "epoch": step / max_steps,
+            "grad_norm": 0.5,
+            "learning_rate": 1e-4,
+            "loss": 3.0 - step / 100,
+            "num_input_tokens_seen": step * 1000,
+            "step": step,
+            "train_runtime": step * 2.0,
+            "train_tokens_per_second": 500.0,
+        }
+        for step in steps
+    ]
+
+
+HF_FINAL = {  # _finalize_training: speed_metrics with samples and steps, total_flos, train_loss; Trainer.log's epoch
+    "epoch": 0.4,
+    "step": 40,
+    "total_flos": 1.5e12,
+    "train_loss": 2.7,
+    "train_runtime": 81.2,
+    "train_samples_per_second": 3.9,
+    "train_steps_per_second": 0.49,
+}
+
+
+def test_hf_run_logging_num_input_tokens_is_not_finished_mid_training(tmp_path):
+    state = hf_state([], 100)
+    state |= {"global_step": 40, "log_history": hf_token_entries([10, 20, 30, 40], 100)}
+    path = write_state(tmp_path / "out" / "checkpoint-40" / "trainer_state.json", state)
+    run = one_run(tmp_path)
+    got = info(run, now=path.stat().st_mtime + 1)
+    assert (got.state, got.step, got.total_steps) == ("running", 40, 100)
+    assert got.started == pytest.approx(path.stat().st_mtime - 80.0)  # the entry's train_runtime: 80 s in
+    assert records(run)[-1]["tokens"] == 40000
+
+
+def test_hf_final_metrics_mark_a_run_finished_before_its_last_step_and_are_no_record(tmp_path):
+    state = hf_state([10, 20, 30, 40], 100) | {"global_step": 40}
+    state["log_history"].append(HF_FINAL)  # stopped early (a callback), then trainer.save_state()
+    path = write_state(tmp_path / "out" / "trainer_state.json", state)
+    run = one_run(tmp_path)
+    got = info(run, now=path.stat().st_mtime + 1)
+    assert (got.state, got.step, got.loss) == ("finished", 40, pytest.approx(2.6))
+    assert got.started == pytest.approx(path.stat().st_mtime - 81.2)
+    assert [r["step"] for r in records(run)] == [10, 20, 30, 40]  # the final metrics are no step record
+    assert foreign.summary(run, path.stat().st_mtime + 1)["lr"] == pytest.approx(1e-4 - 40 * 1e-7)
+
+
+def test_llamafactory_line_for_the_final_metrics_marks_the_run_finished_early(tmp_path):
+    end = {  # LogCallback.on_log of the final metrics: no loss, eval_loss or lr; epoch, progress and time
+        "current_steps": 20,
+        "total_steps": 100,
+        "epoch": 0.2,
+        "percentage": 20.0,
+        "elapsed_time": "0:02:12",
+        "remaining_time": "0:08:48",
+    }
+    log = write_jsonl(tmp_path / "out" / "trainer_log.jsonl", [*LF_LINES, end])
+    run = one_run(tmp_path)
+    done = info(run, now=log.stat().st_mtime + 1)
+    assert (done.state, done.step, done.eta_s) == ("finished", 20, None)
+    assert [r["step"] for r in records(run)] == [10, 20, 20]
+    row = foreign.summary(run, log.stat().st_mtime + 1)
+    assert (row["lr"], row["loss"], row["eval_loss"], row["tool"]) == (4.0e-05, 1.5, 1.61, "llamafactory")
+
+
+def test_llamafactory_evaluation_without_a_loss_mid_run_is_no_end(tmp_path):
+    progress = {"current_steps": 20, "total_steps": 100, "epoch": 0.2, "percentage": 20.0, "elapsed_time": "0:02:10"}
+    later = dict(LF_LINES[1], current_steps=30, elapsed_time="0:03:06")
+    log = write_jsonl(tmp_path / "trainer_log.jsonl", [*LF_LINES[:2], progress, later])
+    assert info(one_run(tmp_path), now=log.stat().st_mtime + 1).state == "running"
+
+
+def test_swift_final_metrics_then_summary_finish_the_run_and_keep_its_lr(tmp_path):
+    final = dict(HF_FINAL, **{"global_step/max_steps": "20/200", "elapsed_time": "1m 5s"})
+    final.pop("step")
+    log = write_jsonl(tmp_path / "logging.jsonl", [*SWIFT_LINES, SWIFT_LINES[0] | {"global_step/max_steps": "20/200"}])
+    write_jsonl(log, [final, {"last_model_checkpoint": "/x/checkpoint-20", "log_history": []}], mode="a")
+    run = one_run(tmp_path)
+    row = foreign.summary(run, log.stat().st_mtime + 1)
+    assert (row["state"], row["step"], row["lr"], row["grad_norm"]) == ("finished", 20, 9.9e-05, 3.25)
+
+
+def test_killed_swift_run_reads_stalled_after_several_of_its_intervals_not_running(tmp_path):
+    lines = [
+        dict(SWIFT_LINES[0], **{"global_step/max_steps": f"{s}/1000", "elapsed_time": f"{s * 3}s"})
+        for s in range(10, 110, 10)
+    ]  # a line every 30 s
+    log = write_jsonl(tmp_path / "v0" / "logging.jsonl", lines)
+    t = 1_700_000_000.0
+    set_mtime(log, t)
+    run = one_run(tmp_path)
+    assert info(run, now=t + 149).state == "running"
+    stalled = info(run, now=t + 151)
+    assert (stalled.state, stalled.eta_s, stalled.active) == ("stalled", None, False)
+    row = foreign.summary(run, t + 151)
+    assert (row["stall_after_s"], row["idle_s"]) == (150.0, 151.0)
+
+
+def test_a_stall_needs_at_least_the_floor_when_a_tool_logs_often(tmp_path):
+    lines = [
+        {"current_steps": s, "total_steps": 1000, "loss": 1.0, "elapsed_time": f"0:00:{s:02d}"} for s in range(1, 9)
+    ]
+    log = write_jsonl(tmp_path / "trainer_log.jsonl", lines)  # a line a second
+    t = 1_700_000_000.0
+    set_mtime(log, t)
+    run = one_run(tmp_path)
+    assert info(run, now=t + foreign.STALL_FLOOR_S - 1).state == "running"
+    assert info(run, now=t + foreign.STALL_FLOOR_S + 1).state == "stalled"
+
+
+def test_hf_checkpoint_only_run_stalls_after_several_save_intervals(tmp_path):
+    t = 1_700_000_000.0
+    for step in (100, 200, 300):
+        path = write_state(tmp_path / "out" / f"checkpoint-{step}" / "trainer_state.json", hf_state([step], 1000))
+        set_mtime(path, t + step * 6)  # a save every 600 s
+    run = one_run(tmp_path)
+    assert info(run, now=t + 1800 + 5 * 600 - 1).state == "running"
+    assert info(run, now=t + 1800 + 5 * 600 + 1).state == "stalled"
+
+
+def test_start_time_comes_from_the_records_not_the_oldest_surviving_checkpoint(tmp_path):
+    t = 1_700_000_000.0
+    state = hf_state([], 100) | {"global_step": 50, "log_history": hf_token_entries([10, 20, 30, 40, 50], 100)}
+    for step in (40, 50):  # save_total_limit=2: checkpoint-10 .. -30 are gone
+        path = write_state(tmp_path / "out" / f"checkpoint-{step}" / "trainer_state.json", state)
+        set_mtime(path, t + step * 2)
+        set_mtime(path.parent, t + step * 2)
+    assert info(one_run(tmp_path), now=t + 101).started == t  # written 100 s after start, when train_runtime was 100
+
+
+def test_start_time_without_a_runtime_is_extrapolated_from_the_checkpoints_left(tmp_path):
+    t = 1_700_000_000.0
+    for step in (40, 50):
+        path = write_state(tmp_path / "out" / f"checkpoint-{step}" / "trainer_state.json", hf_state([step], 100))
+        set_mtime(path, t + step * 2)
+        set_mtime(path.parent, t + step * 2)
+    assert info(one_run(tmp_path), now=t + 101).started == t  # 2 s a step: step 0 was 80 s before checkpoint-40
+
+
+def test_memory_values_never_read_negative_zero(tmp_path):
+    write_jsonl(tmp_path / "trainer_log.jsonl", [dict(LF_LINES[0], vram_allocated=-0.0, vram_reserved=-0.004)])
+    (rec,) = records(one_run(tmp_path))
+    assert rec["mem"] == {"0": {"reserved_gib": 0.0, "allocated_gib": 0.0}}
+    assert all(str(v) == "0.0" for v in rec["mem"]["0"].values())
+
+
+def test_ftui_run_tail_cleans_negative_zero_memory(tmp_path):
+    from runner.watch.sources import DirRunTail
+
+    run = new_run_dir(tmp_path / "runs", "mine")
+    write_jsonl(run.metrics, [{"step": 1, "mem": {"0": {"allocated_gib": -0.0, "reserved_gib": 1.5}}}])
+    (rec,) = DirRunTail(run).new_records()
+    assert f"{rec['mem']['0']['allocated_gib']:.1f}" == "0.0" and rec["mem"]["0"]["reserved_gib"] == 1.5

@@ -15,7 +15,8 @@ from .errors import CliError
 EPILOG = """examples:
   ftui monitor tiny-demo                  a run under ./runs (a unique id prefix is enough)
   ftui monitor runs/qwen-lora-20261122-101500
-  ftui monitor saves/llama3-lora --watch saves    a LLaMA-Factory / ms-swift / HF output dir
+  ftui monitor saves/llama3-lora          a LLaMA-Factory / ms-swift / HF Trainer output dir
+  ftui monitor llamafactory:llama3-lora --watch saves    by the id `ftui runs --watch saves` lists
 """
 
 APP_HELP = """keys: g GPUs · p planner · r runs · q quit (runs keep going) · ctrl+l launch from the planner
@@ -34,14 +35,33 @@ def add_app_options(parser: argparse.ArgumentParser) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", type=Path, help="where runs are (default ./runs or $FTUI_RUNS_DIR)")
+    add_watch_option(parser)
+
+
+def add_watch_option(parser: argparse.ArgumentParser, what: str = "list") -> None:
+    """--watch DIR, repeatable (also accepted before the subcommand: `ftui --watch saves runs`)."""
     parser.add_argument(
         "--watch",
         type=Path,
         action="append",
         default=[],
         metavar="DIR",
-        help="also list runs of other tools under DIR (HF trainer_state.json, LLaMA-Factory, ms-swift); repeatable",
+        help=f"also {what} runs of other tools under DIR (HF Trainer, LLaMA-Factory, ms-swift); repeatable",
     )
+
+
+def watch_dirs(args: argparse.Namespace) -> tuple[Path, ...]:
+    """The --watch directories, resolved; a CliError names one that is not a directory."""
+    dirs = []
+    for given in getattr(args, "watch", None) or []:
+        path = Path(given).expanduser()
+        if not path.is_dir():
+            what = "is a file, not a directory" if path.exists() else "does not exist"
+            raise CliError(f"--watch {given}: {what}; give a directory that holds other tools' output directories")
+        resolved = path.resolve()
+        if resolved not in dirs:
+            dirs.append(resolved)
+    return tuple(dirs)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -72,6 +92,7 @@ def launch_recipe(recipe: Path) -> Path:
 
 
 def run_app(args: argparse.Namespace, open_run: str | None = None, extra_watch: list[Path] | None = None) -> int:
+    watch_dirs(args)  # a missing --watch dir is the error to report, terminal or not
     _needs_terminal()
     from runner.machine.host import host_ram_bytes
     from runner.rundir.runs import default_runs_dir
@@ -82,7 +103,8 @@ def run_app(args: argparse.Namespace, open_run: str | None = None, extra_watch: 
     if getattr(args, "demo", False):
         return _run_demo()
     root = (args.runs_dir or default_runs_dir()).expanduser().resolve()
-    watch = tuple(p.expanduser().resolve() for p in [*args.watch, *(extra_watch or [])])
+    watch = watch_dirs(args)
+    watch += tuple(p.expanduser().resolve() for p in extra_watch or [] if p.expanduser().resolve() not in watch)
 
     app = FtuiApp(
         NvmlGpuSource(),
@@ -109,28 +131,27 @@ def _run_demo() -> int:
     return 0
 
 
-def run_monitor(args: argparse.Namespace) -> int:
-    from runner.rundir.runs import RunError, default_runs_dir, find_run
+def monitor_target(args: argparse.Namespace) -> tuple[str, Path | None, list[Path]]:
+    """(run id to open, runs dir for an ftui run, watch dirs to add) for `ftui monitor RUN`: ftui's run id or
+    directory, another tool's output directory or `<tool>:<dir>` id (as the Runs tab lists them); a directory of
+    runs is a CliError listing them."""
+    from runner.rundir.runs import RunDir, RunError, default_runs_dir
+    from runner.watch.locate import listed, locate
 
     root = (args.runs_dir or default_runs_dir()).expanduser().resolve()
-    ref = Path(args.run_ref).expanduser()
+    watch = watch_dirs(args)
     try:
-        run = find_run(args.run_ref, [root])
+        run = locate(args.run_ref, [root], watch, command="monitor")
     except RunError as err:
-        if ref.is_dir():  # another tool's output directory
-            from runner.watch.sources import DirRunSource
-
-            watch = tuple(p.expanduser().resolve() for p in [*args.watch, ref])
-            foreign = [r for r in DirRunSource(root, watch=watch).runs() if r.tool != "ftui"]
-            inside = [r for r in foreign if r.path == ref.resolve()] or [
-                r for r in foreign if r.path.is_relative_to(ref.resolve())
-            ]
-            if inside:
-                return run_app(args, open_run=inside[0].id, extra_watch=[ref])
-            raise CliError(
-                f"{ref} is neither an ftui run nor an output directory with trainer_state.json, "
-                "trainer_log.jsonl or logging.jsonl"
-            ) from None
         raise CliError(str(err)) from None
-    args.runs_dir = run.path.parent
-    return run_app(args, open_run=run.id)
+    if isinstance(run, RunDir):
+        return run.id, run.path.parent, []
+    shown, extra = listed(run.path, watch)  # the id the app's list will give it
+    return shown.id, None, extra
+
+
+def run_monitor(args: argparse.Namespace) -> int:
+    run_id, runs_dir, extra = monitor_target(args)
+    if runs_dir is not None:
+        args.runs_dir = runs_dir
+    return run_app(args, open_run=run_id, extra_watch=extra)

@@ -51,16 +51,41 @@ def build_parser(command: str | None = ALL) -> argparse.ArgumentParser:
     for name, (module, help_line) in COMMANDS.items():
         if command in (ALL, name):
             importlib.import_module(module).add_parser(sub)
+            _keep_top_level_values(parser, sub.choices[name])
         else:  # a stub: takes no arguments of its own, so parse_known_args leaves them as extras
             sub.add_parser(name, help=help_line, add_help=False)
     return parser
 
 
+def _keep_top_level_values(parser: argparse.ArgumentParser, command: argparse.ArgumentParser) -> None:
+    """A subcommand's copy of a top-level option (--runs-dir, --watch) sets nothing unless given after it.
+
+    argparse parses a subcommand's options into a namespace of their own and copies every value over the top-level
+    ones, defaults too: `ftui --watch saves runs` would lose --watch without this.
+    """
+    top = {a.dest for a in parser._actions if a.option_strings}
+    for action in command._actions:
+        if action.option_strings and action.dest in top and action.dest != "help":
+            action.default = argparse.SUPPRESS
+
+
+def _merge_repeated(parser: argparse.ArgumentParser, before: argparse.Namespace, args: argparse.Namespace) -> None:
+    """A repeatable option given both before and after the subcommand keeps every value, the top-level ones first."""
+    for action in parser._actions:
+        if isinstance(action, argparse._AppendAction):
+            early, late = getattr(before, action.dest, None) or [], getattr(args, action.dest, None) or []
+            if early and late != early:
+                setattr(args, action.dest, [*early, *late])
+
+
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Find the subcommand with a parser of stubs, then parse `argv` for real with only that one built."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    chosen, _ = build_parser(None).parse_known_args(argv)  # top-level errors and --help end here, as before
-    return build_parser(chosen.command).parse_args(argv)
+    top = build_parser(None)
+    chosen, _ = top.parse_known_args(argv)  # top-level errors and --help end here, as before
+    args = build_parser(chosen.command).parse_args(argv)
+    _merge_repeated(top, chosen, args)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

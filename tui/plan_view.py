@@ -119,6 +119,7 @@ def alternatives_table(alts: Iterable[Alternative]):
         ("tuner", "left"),
         ("ZeRO", "right"),
         ("fits", "left"),
+        ("micro-batch", "right"),
         ("GiB/GPU", "right"),
         ("tokens/s", "right"),
         ("why not", "left"),
@@ -129,19 +130,23 @@ def alternatives_table(alts: Iterable[Alternative]):
     return t
 
 
-def alternative_rows(alts) -> list[tuple[str, str, str, str, str, str]]:
-    """tuner, ZeRO stage(s), fits, GiB per GPU, tokens/s, why not: one row per alternative, with
-    the same refusal over several stages merged into one row."""
+def alternative_rows(alts) -> list[tuple[str, str, str, str, str, str, str]]:
+    """tuner, ZeRO stage(s), fits, micro-batch, GiB per GPU, tokens/s, why not: one row per
+    alternative, with the same refusal over several stages merged into one row. The micro-batch is
+    the one the memory and speed were planned with (the largest that fits differs by stage, so a
+    ZeRO-3 row can need more GiB than a ZeRO-1 one)."""
     rows = []
     for group in merge_refusals(list(alts)):
         a, c = group[0], group[0].candidate
         stages = str(a.zero) if len(group) == 1 else f"{group[0].zero}-{group[-1].zero}"
+        planned = c is not None and c.refusal is None
         rows.append(
             (
                 a.tuner,
                 stages,
                 "yes" if a.fits else "no",
-                f"{c.memory.required / GIB:.1f}" if c and c.refusal is None else "-",
+                str(c.setup.micro_batch) if planned else "-",
+                f"{c.memory.required / GIB:.1f}" if planned else "-",
                 f"{c.throughput.tokens_per_s:,.0f}" if c and a.fits else "-",
                 a.reason,
             )

@@ -1,19 +1,28 @@
-"""`ftui runs`: every run with status, step, loss, ETA."""
+"""`ftui runs`: every run with status, step, loss, ETA (ftui's, and with --watch other tools')."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
 from runner.rundir.metrics import last_record
 from runner.rundir.runs import RunDir, default_runs_dir, list_runs
+from runner.watch import foreign
+from runner.watch.sources import latest_values
+
+from .app_cmd import add_watch_option, watch_dirs
 
 EPILOG = """examples:
   ftui runs                    runs under ./runs (or $FTUI_RUNS_DIR)
   ftui runs --runs-dir /data/runs --json
+  ftui runs --watch saves --watch output     also LLaMA-Factory, ms-swift and HF Trainer runs found there
 """
+
+LATEST = ("loss", "eval_loss", "lr", "grad_norm", "tokens_per_s")
+"""Values shown as their newest (a run's last record may be an evaluation, or its end, without them)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--runs-dir", type=Path, help="where to look (default ./runs or $FTUI_RUNS_DIR)")
+    add_watch_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)
 
@@ -31,32 +41,42 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def summary(r: RunDir) -> dict:
     status = r.status()
     last = last_record(r.metrics) or {}
+    newest = latest_values(r.metrics, LATEST)
     launches = r.launches()
+    state, error = r.explain(status, launches)
     return {
         "id": r.id,
+        "tool": "ftui",
         "path": str(r.path),
-        "state": r.effective_state(),
+        "state": state,
         "step": last.get("step", status.get("step")),
         "total_steps": last.get("total_steps", status.get("total_steps")),
-        "loss": last.get("loss") if last.get("loss") is not None else status.get("loss"),
-        "eval_loss": last.get("eval_loss") if last.get("eval_loss") is not None else status.get("eval_loss"),
+        "loss": newest["loss"] if newest["loss"] is not None else status.get("loss"),
+        "eval_loss": newest["eval_loss"] if newest["eval_loss"] is not None else status.get("eval_loss"),
+        "lr": newest["lr"],
+        "grad_norm": newest["grad_norm"],
         "eta_s": last.get("eta_s"),
-        "tokens_per_s": last.get("tokens_per_s"),
+        "tokens_per_s": newest["tokens_per_s"],
         "started": launches[0].get("created") if launches else None,
         "launches": len(launches),
         "exit_code": status.get("exit_code"),
-        "last_error": status.get("last_error") or None,
+        "last_error": error or None,
     }
 
 
 def run(args: argparse.Namespace) -> int:
     root = args.runs_dir or default_runs_dir()
+    watch = watch_dirs(args)
     rows = [summary(r) for r in list_runs(root)]
+    now = time.time()
+    others = [foreign.summary(r, now) for r in foreign.scan(watch)] if watch else []
+    rows += sorted(others, key=lambda r: r["started"] or 0.0, reverse=True)
     if args.json:
-        print(json.dumps({"runs_dir": str(root), "runs": rows}, indent=2))
+        print(json.dumps({"runs_dir": str(root), "watch": [str(w) for w in watch], "runs": rows}, indent=2))
         return 0
     if not rows:
-        print(f"no runs under {root} (start one with `ftui train RECIPE`)")
+        where = " or ".join([str(root), *map(str, watch)])
+        print(f"no runs under {where} (start one with `ftui train RECIPE`)")
         return 0
     render(rows)
     return 0
@@ -71,17 +91,26 @@ def _eta(seconds) -> str:
     )
 
 
+def number(value, fmt: str) -> str:
+    """`value` formatted, "-" when it is no finite number; never "-0.0" (a negative zero or a tiny negative)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return "-"
+    text = fmt.format(value)
+    return text[1:] if text.startswith("-") and not text.strip("-0.,e+") else text
+
+
 def render(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     t = Table(box=None, pad_edge=False)
-    for col in ("run", "state", "step", "loss", "ETA", "started"):
+    for col in ("run", "tool", "state", "step", "loss", "ETA", "started"):
         t.add_column(col)
     for r in rows:
-        step = f"{r['step']}/{r['total_steps']}" if r["step"] is not None else "-"
-        loss = f"{r['loss']:.4f}" if isinstance(r["loss"], (int, float)) else "-"
+        step = f"{r['step']}/{r['total_steps'] or '?'}" if r["step"] is not None else "-"
         started = time.strftime("%m-%d %H:%M", time.localtime(r["started"])) if r["started"] else "-"
-        state = r["state"] + (f" ({r['last_error'][:60]})" if r["state"] == "failed" and r["last_error"] else "")
-        t.add_row(r["id"], state, step, loss, _eta(r["eta_s"]) if r["state"] == "running" else "-", started)
+        error = r.get("last_error")
+        state = r["state"] + (f" ({error[:60]})" if r["state"] == "failed" and error else "")
+        eta = _eta(r["eta_s"]) if r["state"] == "running" else "-"
+        t.add_row(r["id"], r["tool"], state, step, number(r["loss"], "{:.4f}"), eta, started)
     Console(highlight=False).print(t)

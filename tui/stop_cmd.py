@@ -6,9 +6,12 @@ import argparse
 from pathlib import Path
 
 from runner.rundir.runs import RunError, request_stop
+from runner.watch.foreign import ForeignRun
+from runner.watch.locate import processes_using
 
+from .app_cmd import add_watch_option
 from .errors import CliError
-from .logs_cmd import locate
+from .logs_cmd import find
 
 EPILOG = """examples:
   ftui stop tiny-demo      save a checkpoint at the next step, then exit (resume later)
@@ -25,11 +28,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_ref", metavar="RUN")
     p.add_argument("--runs-dir", type=Path)
+    add_watch_option(p, "find")
     p.set_defaults(run=run)
 
 
+def foreign_stop_message(run: ForeignRun) -> str:
+    """Why ftui cannot stop another tool's run, and how to: the processes that use its directory, if visible."""
+    head = (
+        f"ftui cannot stop {run.id}: it is a {run.tool} run in {run.path} that ftui did not launch, so ftui "
+        "has no way to ask it to save and exit. Stop it where it was started (Ctrl-C in its terminal)"
+    )
+    procs = processes_using(run.path)
+    if not procs:
+        return (
+            f"{head}. No process of yours has files open there or names it: it may have ended already, "
+            "or runs as another user or in another container."
+        )
+    listed = "\n".join(f"  {p.pid}  {p.command}" for p in procs[:10])
+    pids = " ".join(str(p.pid) for p in procs[:10])
+    return (
+        f"{head}, or signal its processes: `kill {pids}` (what it had not saved in a checkpoint-N/ is lost):\n{listed}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    target = locate(args.run_ref, args.runs_dir)
+    target = find(args, "stop")
+    if isinstance(target, ForeignRun):
+        raise CliError(foreign_stop_message(target))
     try:
         outcome = request_stop(target)
     except RunError as err:

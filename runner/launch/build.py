@@ -404,17 +404,19 @@ def build_launch(
 _DETACH = (
     "import os, subprocess, sys\n"
     "fd = int(sys.argv[1])\n"
-    "child = subprocess.Popen(sys.argv[2:], start_new_session=True, close_fds=True)\n"
+    "keep = tuple(int(x) for x in sys.argv[2].split(',') if x)\n"
+    "child = subprocess.Popen(sys.argv[3:], start_new_session=True, close_fds=True, pass_fds=keep)\n"
     "os.write(fd, str(child.pid).encode())\n"
     "os._exit(0)\n"
 )
 
 
-def spawn_detached(plan: LaunchPlan, run_dir: Path) -> tuple[int, int]:
+def spawn_detached(plan: LaunchPlan, run_dir: Path, keep_fds: tuple[int, ...] = ()) -> tuple[int, int]:
     """Write plan.files into run_dir and start plan.argv in its own session; returns (pid, pgid).
 
     stdin is /dev/null, stdout and stderr append to run_dir/train.log, the environment is
-    os.environ + plan.env, the working directory is the package root. Does not wait for the run.
+    os.environ + plan.env, the working directory is the package root; `keep_fds` stay open, with
+    the same numbers, in the command (the run lock). Does not wait for the run.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -426,14 +428,14 @@ def spawn_detached(plan: LaunchPlan, run_dir: Path) -> tuple[int, int]:
     try:
         with open(os.devnull, "rb") as stdin, open(run_dir / "train.log", "ab") as log:
             middle = subprocess.Popen(
-                [sys.executable, "-c", _DETACH, str(write_end), *plan.argv],
+                [sys.executable, "-c", _DETACH, str(write_end), ",".join(map(str, keep_fds)), *plan.argv],
                 stdin=stdin,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=PACKAGE_ROOT,
                 close_fds=True,
-                pass_fds=(write_end,),
+                pass_fds=(write_end, *keep_fds),
             )
         os.close(write_end)
         write_end = -1

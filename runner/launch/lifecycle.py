@@ -4,10 +4,16 @@ detached supervisor. The CLI and the TUI call these; neither spawns anything its
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
+import shutil
+import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +22,20 @@ from runner.data.check import check_dataset
 from runner.data.records import DataError
 from runner.recipe.resolve import Machine, RunSettings, detect_machine, resolve, verdict
 from runner.recipe.schema import AUTO, Recipe, RecipeError, apply_overrides, dump_recipe, load_recipe, validate
-from runner.rundir.checkpoints import newest_complete
-from runner.rundir.runs import ACTIVE, RunDir, RunError, default_runs_dir, new_run_dir, process_start_time
+from runner.rundir.checkpoints import MARKER, checkpoint_bytes, newest_complete
+from runner.rundir.lock import LockBusy, acquire_launch
+from runner.rundir.runs import (
+    ACTIVE,
+    RunDir,
+    RunError,
+    default_runs_dir,
+    new_run_dir,
+    process_alive,
+    process_start_time,
+)
 
 from .build import LaunchPlan, build_launch, spawn_detached
+from .supervise import disk_full_message, free_interrupted_save
 
 
 class PlanRefused(RuntimeError):
@@ -92,63 +108,135 @@ def start_run(
     default = recipe.output.dir == "runs"
     root = runs_dir or (default_runs_dir() if default else Path(recipe.output.dir).expanduser())
     run = new_run_dir(root, recipe.output.name or Path(recipe_path).stem)
-    header = f"# resolved by ftui from {recipe_path} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
-    run.recipe.write_text(dump_recipe(settings.resolved_recipe(), header))
-    if settings.plan is not None:
-        run.plan.write_text(json.dumps(estimate_json(settings.plan), indent=2) + "\n")
-    return _launch(run, settings, None, python)
+    with run_lock(run) as lock:
+        header = f"# resolved by ftui from {recipe_path} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        try:
+            run.recipe.write_text(dump_recipe(settings.resolved_recipe(), header))
+            if settings.plan is not None:
+                run.plan.write_text(json.dumps(estimate_json(settings.plan), indent=2) + "\n")
+        except OSError as err:
+            raise RunError(_write_failed(run, err)) from None
+        return _launch(run, settings, None, python, lock)
 
 
-def _launch(run: RunDir, settings: RunSettings, resume_from: str | None, python: str) -> Started:
+@contextmanager
+def run_lock(run: RunDir) -> Iterator[int]:
+    """Hold the run's launch lock (runner.rundir.lock) for the body; RunError when the run is being
+    launched or still has a live process."""
+    try:
+        fd = acquire_launch(run.path)
+    except LockBusy:
+        pids = run.live_rank_pids()
+        sup = run.supervisor()
+        if sup is not None and process_alive(*sup):
+            pids = [sup[0], *pids]
+        who = f" (pids {', '.join(map(str, pids))})" if pids else " (a launch in progress)"
+        raise RunError(
+            f"run {run.id} is already running{who}; one run directory takes one launch at a time. "
+            f"See it with `ftui runs`, or stop it first: ftui stop {run.id}"
+        ) from None
+    except OSError as err:
+        raise RunError(_write_failed(run, err)) from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _no_hangup() -> Iterator[None]:
+    """Ignore SIGHUP while a launch is half written (an SSH drop then cannot leave it behind)."""
+    try:
+        old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    except ValueError:  # not the main thread (the app launches from a worker): nothing to guard
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+def _write_failed(run: RunDir, err: OSError) -> str:
+    if err.errno == errno.ENOSPC:
+        return f"cannot write to {run.path}: the disk is full; {disk_full_message(run).split(': ', 1)[-1]}"
+    return f"cannot write to {run.path}: {err.strerror or err}"
+
+
+def _launch(run: RunDir, settings: RunSettings, resume_from: str | None, python: str, lock: int) -> Started:
     plan = build_launch(settings, run.path, python=python, resume_from=resume_from)
-    run.record_launch(
-        {
-            "argv": list(plan.argv),
-            "env": plan.env,
-            "launcher": plan.launcher,
-            "resume_from": resume_from,
-            "host": socket.gethostname(),
-            "created": time.time(),
-        }
-    )
-    run.set_status("queued", exit_code=None, last_error="")
-    supervisor = LaunchPlan(
-        argv=(python, "-m", "runner.launch.supervise", "--run-dir", str(run.path)),
-        env=plan.env,
-        files=plan.files,
-        launcher=plan.launcher,
-    )
-    pid, pgid = spawn_detached(supervisor, run.path)
-    run.update_last_launch(pid=pid, pgid=pgid, start_time=process_start_time(pid))
+    with _no_hangup():
+        try:
+            for tmp in run.path.glob(".*.tmp"):  # what a writer killed mid-write left
+                tmp.unlink(missing_ok=True)
+            run.record_launch(
+                {
+                    "argv": list(plan.argv),
+                    "env": plan.env,
+                    "launcher": plan.launcher,
+                    "resume_from": resume_from,
+                    "host": socket.gethostname(),
+                    "created": time.time(),
+                    "markers": True,
+                }
+            )
+            run.begin_launch_status(len(run.launches()))
+            supervisor = LaunchPlan(
+                argv=(python, "-m", "runner.launch.supervise", "--run-dir", str(run.path), "--lock-fd", str(lock)),
+                env=plan.env,
+                files=plan.files,
+                launcher=plan.launcher,
+            )
+            pid, pgid = spawn_detached(supervisor, run.path, keep_fds=(lock,))
+            run.update_last_launch(pid=pid, pgid=pgid, start_time=process_start_time(pid))
+        except OSError as err:
+            raise RunError(_write_failed(run, err)) from None
     return Started(run, settings, plan, pid)
 
 
 def resume_run(run: RunDir, *, machine: Machine | None = None, python: str = sys.executable) -> Started:
     """Relaunch `run` from its newest complete checkpoint (same world size)."""
-    state = run.effective_state()
-    if state in ACTIVE:
-        raise RunError(f"run {run.id} is {state}; stop it first (ftui stop {run.id})")
-    if state == "finished":
-        raise RunError(
-            f"run {run.id} finished: it trained all its steps, so there is nothing to resume. "
-            f"To train longer, start a new run from {run.recipe} with a larger train.max_steps or train.epochs"
-        )
-    try:
-        settings = resolve(load_recipe(run.recipe), machine or detect_machine())
-    except RecipeError as err:
-        raise RunError(f"cannot read {run.recipe}: {err}") from None
-    best, skipped = newest_complete(run.checkpoints, settings.world)
-    if best is None:
-        raise RunError(_no_checkpoint(run, settings.world, skipped))
-    run.stop_request.unlink(missing_ok=True)
-    if skipped:
-        notes = "; ".join(f"{r.path.name} lacks {', '.join(r.missing)}" for r in skipped)
-        print(f"ftui: skipping incomplete checkpoints: {notes}", file=sys.stderr)
-    return _launch(run, settings, str(best.path), python)
+    with run_lock(run) as lock:
+        state = run.effective_state(holding_lock=True)  # no other process of the run lives now
+        if state in ACTIVE:
+            raise RunError(f"run {run.id} is {state}; stop it first (ftui stop {run.id})")
+        if state == "finished":
+            raise RunError(
+                f"run {run.id} finished: it trained all its steps, so there is nothing to resume. "
+                f"To train longer, start a new run from {run.recipe} with a larger train.max_steps or train.epochs"
+            )
+        try:
+            settings = resolve(load_recipe(run.recipe), machine or detect_machine())
+        except RecipeError as err:
+            raise RunError(f"cannot read {run.recipe}: {err}") from None
+        launches = run.launches()
+        marked = any(entry.get("markers") for entry in launches)
+        best, skipped = newest_complete(run.checkpoints, settings.world, require_marker=marked)
+        saved = [r for r in skipped if (r.path / MARKER).exists() or not marked]
+        if best is None and saved:
+            raise RunError(_no_checkpoint(run, settings.world, saved))
+        removed = free_interrupted_save(run)
+        gone = [name for name in removed if name.startswith("checkpoint-")]
+        if gone:
+            print(f"ftui: removed what interrupted saves left: {', '.join(gone)}", file=sys.stderr)
+        kept = [r for r in skipped if r.path.exists()]
+        if kept:
+            notes = "; ".join(f"{r.path.name} lacks {', '.join(r.missing)}" for r in kept)
+            print(f"ftui: skipping incomplete checkpoints: {notes}", file=sys.stderr)
+        need = checkpoint_bytes(run.checkpoints)
+        free = shutil.disk_usage(run.path).free
+        if need and free < need + need // 10:
+            raise RunError(
+                f"not enough disk to save the next checkpoint of {run.id}: {free / 1e9:.1f} GB free, "
+                f"a checkpoint is {need / 1e9:.1f} GB; free at least {(need + need // 10 - free) / 1e9:.1f} GB "
+                "or lower train.save_total_limit, then resume again"
+            )
+        run.stop_request.unlink(missing_ok=True)
+        if best is None:  # it ended before its first save finished: nothing to lose by starting over
+            print(f"ftui: {run.id} has no finished checkpoint yet; it starts again from step 0", file=sys.stderr)
+        return _launch(run, settings, str(best.path) if best else None, python, lock)
 
 
 def _no_checkpoint(run: RunDir, world: int, skipped) -> str:
-    if not skipped:
-        return f"run {run.id} has no checkpoint in {run.checkpoints} to resume from"
     details = "; ".join(f"{r.path.name} lacks {', '.join(r.missing)}" for r in skipped)
     return f"run {run.id} has no complete checkpoint for {world} process(es): {details}"

@@ -5,18 +5,78 @@ model (full weights or a peft adapter, possibly sharded: every shard the index l
 optimizer, scheduler and RNG states. With DeepSpeed the optimizer lives in the `latest` tag's
 directory (`global_step<N>/`) as one shard per rank — all of them for the same world size; without
 DeepSpeed there is one rng_state_<rank>.pth per rank when more than one process trained.
+
+Files alone do not prove a save finished (a kill or a full disk can stop a write half way, and
+HF Trainer writes straight into checkpoint-<step>/). So ftui's trainer writes a completion marker,
+`ftui-complete.json`, after every rank has saved: every file of the checkpoint with its size. A
+checkpoint of a run that writes markers counts only when its marker is there and every file it
+lists is on disk at that size.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 WEIGHTS = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+MARKER = "ftui-complete.json"
+
+
+def _files(ckpt: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(ckpt)): p.stat().st_size
+        for p in sorted(ckpt.rglob("*"))
+        if p.is_file() and p.name != MARKER and not p.name.endswith(".tmp")
+    }
+
+
+def write_marker(ckpt: Path) -> None:
+    """Record that the save into `ckpt` finished: its files and their sizes (atomically)."""
+    data = {"files": _files(ckpt), "time": time.time()}
+    tmp = ckpt / f".{MARKER}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, ckpt / MARKER)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _marker_missing(ckpt: Path) -> list[str]:
+    try:
+        listed = json.loads((ckpt / MARKER).read_text())["files"]
+    except FileNotFoundError:
+        return [f"{MARKER} (the save did not finish)"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"{MARKER} (unreadable)"]
+    missing = []
+    for name, size in listed.items():
+        try:
+            actual = (ckpt / name).stat().st_size
+        except OSError:
+            missing.append(f"{name} (listed by {MARKER})")
+            continue
+        if actual != size:
+            missing.append(f"{name} ({actual} bytes, saved as {size})")
+    return missing
+
+
+def checkpoint_bytes(directory: Path) -> int:
+    """Bytes of the newest checkpoint under `directory` that has a marker (0 when none): what the
+    next save will need."""
+    for report in checkpoints(directory, 1):
+        if (report.path / MARKER).is_file():
+            try:
+                return sum(json.loads((report.path / MARKER).read_text())["files"].values())
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return 0
 
 
 @dataclass(frozen=True)
@@ -69,11 +129,13 @@ def _plain_missing(ckpt: Path, world: int) -> list[str]:
     return [name for name in ("optimizer.pt", "scheduler.pt") if not (ckpt / name).is_file()]
 
 
-def inspect_checkpoint(ckpt: Path, world: int) -> CheckpointReport:
-    """What `ckpt` lacks for a resume with `world` processes."""
+def inspect_checkpoint(ckpt: Path, world: int, require_marker: bool = False) -> CheckpointReport:
+    """What `ckpt` lacks for a resume with `world` processes (`require_marker`: the run writes
+    completion markers, so a checkpoint without one was interrupted)."""
     match = CHECKPOINT.match(ckpt.name)
     step = int(match.group(1)) if match else -1
-    missing = [] if (ckpt / "trainer_state.json").is_file() else ["trainer_state.json"]
+    missing = _marker_missing(ckpt) if require_marker or (ckpt / MARKER).exists() else []
+    missing += [] if (ckpt / "trainer_state.json").is_file() else ["trainer_state.json"]
     missing += _model_missing(ckpt)
     if (ckpt / "latest").is_file():
         missing += _deepspeed_missing(ckpt, world)
@@ -83,20 +145,35 @@ def inspect_checkpoint(ckpt: Path, world: int) -> CheckpointReport:
     return CheckpointReport(ckpt, step, tuple(missing))
 
 
-def checkpoints(directory: Path, world: int) -> list[CheckpointReport]:
+def checkpoints(directory: Path, world: int, require_marker: bool = False) -> list[CheckpointReport]:
     """Every checkpoint under `directory`, newest first, with what each lacks."""
     if not directory.is_dir():
         return []
     found = [p for p in directory.iterdir() if p.is_dir() and CHECKPOINT.match(p.name)]
-    reports = [inspect_checkpoint(p, world) for p in found]
+    reports = [inspect_checkpoint(p, world, require_marker) for p in found]
     return sorted(reports, key=lambda r: r.step, reverse=True)
 
 
-def newest_complete(directory: Path, world: int) -> tuple[CheckpointReport | None, list[CheckpointReport]]:
+def newest_complete(
+    directory: Path, world: int, require_marker: bool = False
+) -> tuple[CheckpointReport | None, list[CheckpointReport]]:
     """(the newest complete checkpoint, the incomplete ones newer than it)."""
     skipped = []
-    for report in checkpoints(directory, world):
+    for report in checkpoints(directory, world, require_marker):
         if report.complete:
             return report, skipped
         skipped.append(report)
     return None, skipped
+
+
+def interrupted(directory: Path, all_marked: bool) -> list[Path]:
+    """Checkpoint directories an interrupted save left: those without a marker when every launch
+    of the run wrote markers (`all_marked`); otherwise only those newer than the newest marked one
+    (older unmarked ones may be whole saves of a launch that wrote no markers)."""
+    found = checkpoints(directory, 1)
+    if all_marked:
+        return [r.path for r in found if not (r.path / MARKER).exists()]
+    marked = [r.step for r in found if (r.path / MARKER).is_file()]
+    if not marked:
+        return []
+    return [r.path for r in found if r.step > max(marked) and not (r.path / MARKER).exists()]

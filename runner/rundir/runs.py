@@ -10,9 +10,11 @@ A run lives in `<output.dir>/<run-id>/`:
     train.log        stdout + stderr of every process
     checkpoints/     HF Trainer checkpoints
     stop.request     present while a graceful stop is asked for
+    run.lock         held by the launch, the supervisor and every training process (runner.rundir.lock)
+    ranks/           one file per training process: pid, start time, host, rank (runner.train.guard)
 
-A run whose status says it is active but whose supervisor process is gone (killed, machine
-rebooted) is reported as `dead`.
+A run whose status says it is active while none of its processes lives (killed, machine rebooted)
+is reported as `dead`, or `failed` if it never got past `queued` (see RunDir.explain).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .lock import held as lock_held
+
 ACTIVE = ("queued", "running", "stopping")
 STATES = ACTIVE + ("stopped", "finished", "failed", "dead")
 
@@ -39,10 +43,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so readers never see a half-written file (temp file + rename; no fsync: the file
     is rewritten often and a crash can at worst lose the latest update, never corrupt it)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no empty temp file behind
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -132,16 +140,68 @@ class RunDir:
         return int(last["pid"]), last.get("start_time")
 
     def effective_state(
-        self, status: dict[str, Any] | None = None, launches: list[dict[str, Any]] | None = None
+        self,
+        status: dict[str, Any] | None = None,
+        launches: list[dict[str, Any]] | None = None,
+        holding_lock: bool = False,
     ) -> str:
-        """The status, with `dead` for an active run whose supervisor is gone (`status`, `launches`:
-        status.json and launch.json as the caller has just read them)."""
-        state = (self.status() if status is None else status).get("state", "queued")
-        if state in ACTIVE:
-            sup = self.supervisor(launches)
-            if sup is not None and not process_alive(*sup):
-                return "dead"
-        return state
+        """The state readers show (`status`, `launches`: status.json and launch.json as the caller
+        has just read them; `holding_lock`: the caller holds the run's launch lock); see `explain`."""
+        return self.explain(status, launches, holding_lock)[0]
+
+    def explain(
+        self,
+        status: dict[str, Any] | None = None,
+        launches: list[dict[str, Any]] | None = None,
+        holding_lock: bool = False,
+    ) -> tuple[str, str]:
+        """(state, last error) derived from status.json and the processes that are really there.
+
+        An active state (queued/running/stopping) holds only while a process of the run lives: its
+        supervisor, a training process or a launch in progress (the run lock, runner.rundir.lock).
+        Otherwise a run that got as far as running is `dead`; one still `queued` never started and
+        is `failed`, with the cause."""
+        status = self.status() if status is None else status
+        state = status.get("state", "queued")
+        error = status.get("last_error") or ""
+        if state not in ACTIVE or (not holding_lock and lock_held(self.path)):
+            return state, error
+        launches = self.launches() if launches is None else launches
+        sup = self.supervisor(launches)
+        if sup is not None and process_alive(*sup):
+            return state, error
+        if launches and launches[-1].get("host") not in (None, socket.gethostname()):
+            return state, error  # launched on another machine: its processes cannot be seen from here
+        if state != "queued":
+            return ("dead", error) if sup is not None or launches else (state, error)
+        if not launches:
+            return state, error  # nothing was ever launched (a directory being set up by hand)
+        if sup is None:
+            return (
+                "failed",
+                "the launch was interrupted before the run's supervisor started; `ftui resume` starts it again",
+            )
+        return "failed", error or f"the run's supervisor exited before training started; see {self.log}"
+
+    def rank_processes(self) -> list[dict[str, Any]]:
+        """The training processes the latest launch recorded on this host (runner.train.guard)."""
+        found = []
+        host = socket.gethostname()
+        for path in sorted((self.path / "ranks").glob("*.json")):
+            entry = read_json(path)
+            if entry and entry.get("host") == host and isinstance(entry.get("pid"), int):
+                found.append(entry)
+        return found
+
+    def live_rank_pids(self) -> list[int]:
+        return [e["pid"] for e in self.rank_processes() if process_alive(e["pid"], e.get("start_time"))]
+
+    def begin_launch_status(self, launch: int) -> None:
+        """A fresh status.json for launch number `launch`: flags and errors belong to one launch
+        (a `forced` stop or an old error must not colour how the next launch ends); progress stays."""
+        old = self.status()
+        keep = {k: old[k] for k in ("step", "total_steps", "loss", "eval_loss") if k in old}
+        write_json_atomic(self.status_file, {**keep, "state": "queued", "launch": launch, "updated": time.time()})
 
 
 RUNS_DIR_ENV = "FTUI_RUNS_DIR"
@@ -220,13 +280,31 @@ def request_stop(run: RunDir, grace_s: float = 10.0) -> str:
             run.set_status("stopping")
         return "requested"
     sup = run.supervisor()
-    if sup is None:
-        run.set_status("stopped", forced=True)
-        return "killed"
-    pgid = next((launch.get("pgid") for launch in reversed(run.launches()) if launch.get("pgid")), sup[0])
-    _kill_group(int(pgid), grace_s)
+    groups = set()
+    if sup is not None:
+        last = run.launches()[-1]
+        groups.add(int(last.get("pgid") or sup[0]))
+    ranks = [e for e in run.rank_processes() if process_alive(e["pid"], e.get("start_time"))]
+    groups |= {int(e["pgid"]) for e in ranks if e.get("pgid")}
+    for pgid in groups:
+        _kill_group(pgid, grace_s)
+    for entry in ranks:  # a rank in a group of its own (a launcher that started a new session)
+        _kill_pid(entry["pid"], entry.get("start_time"), grace_s)
     run.set_status("stopped", forced=True, last_error="killed by a second `ftui stop`")
     return "killed"
+
+
+def _kill_pid(pid: int, start_time: int | None, grace_s: float) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not process_alive(pid, start_time):
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and process_alive(pid, start_time):
+            time.sleep(0.1)
 
 
 def _kill_group(pgid: int, grace_s: float) -> None:

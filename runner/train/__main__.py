@@ -3,8 +3,14 @@
 import logging
 import os
 import sys
+from pathlib import Path
 
-from .entry import main, world
+from .guard import guard
+
+if "--run-dir" in sys.argv[:-1]:
+    guard(Path(sys.argv[sys.argv.index("--run-dir") + 1]))  # before torch: an orphan never gets far
+
+from .entry import main, world  # noqa: E402
 
 code = main()
 if world() > 1:

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from runner.rundir.checkpoints import write_marker
 from runner.rundir.runs import RunDir
 
 GIB = 2**30
@@ -73,9 +74,10 @@ class MetricsCallback(TrainerCallback):
         self.tokens_before = self.tokens_last = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.launch = self.run.status().get("launch")  # which launch of the run wrote each record
         self.t0 = self.t_last = time.time()
         self.step0 = self.step_last = state.global_step
-        self.tokens_before = self.tokens_last = self._resumed_tokens()
+        self.tokens_before = self.tokens_last = self._resumed_tokens() if state.global_step else 0
         if state.is_world_process_zero:
             self.run.set_status("running", phase="training", step=state.global_step, total_steps=state.max_steps)
 
@@ -124,6 +126,8 @@ class MetricsCallback(TrainerCallback):
             "mem": mem,
             "time": round(now, 3),
         }
+        if getattr(self, "launch", None) is not None:
+            record["launch"] = self.launch
         if steps_done:
             self.t_last, self.step_last, self.tokens_last = now, step, tokens
         return record
@@ -154,6 +158,21 @@ class StopCallback(TrainerCallback):
             control.should_training_stop = True
             if state.is_world_process_zero:
                 self.run.set_status("stopping", step=state.global_step)
+        return control
+
+
+class CompletionCallback(TrainerCallback):
+    """After every save (HF has written every file and rotated old checkpoints), all ranks meet,
+    then rank 0 writes the checkpoint's completion marker (runner.rundir.checkpoints): a save cut
+    short by a kill or a full disk never gets one, so a resume never loads it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if _distributed():
+            dist.barrier()
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                write_marker(ckpt)
         return control
 
 

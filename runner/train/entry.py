@@ -261,7 +261,7 @@ def tuner_callbacks(model, recipe: Recipe) -> list[Any]:
 def build_trainer(recipe: Recipe, run: RunDir):
     from transformers import AutoTokenizer, Trainer, set_seed
 
-    from .callbacks import MetricsCallback, StopCallback, TokenCounter, trainable_summary
+    from .callbacks import CompletionCallback, MetricsCallback, StopCallback, TokenCounter, trainable_summary
     from .data import build_datasets, make_collator
 
     set_seed(recipe.train.seed)
@@ -281,6 +281,7 @@ def build_trainer(recipe: Recipe, run: RunDir):
     callbacks = [
         MetricsCallback(run, recipe.train.micro_batch, world(), counter),
         StopCallback(run, every=recipe.train.logging_steps),
+        CompletionCallback(),
         *tuner_callbacks(model, recipe),
     ]
     args = training_arguments(recipe, run, eval_ds is not None)

@@ -14,6 +14,15 @@ Three formats are understood, each found by its file name in the run's output di
     trainer_state.json  the HF Trainer's TrainerState (transformers/trainer_callback.py): global_step, max_steps and
                         log_history, a list of the logs (loss, grad_norm, learning_rate, epoch, step; eval_loss ...),
                         written into each checkpoint-N/ and, by `trainer.save_state()`, into the output directory.
+    events.out.tfevents.*  the HF Trainer's TensorBoardCallback (in output_dir/runs/<date>_<host>/ by default): the same
+                        logs as scalars tagged train/<key> and eval/<key>, flushed at every log; between checkpoints it
+                        is the only file of an HF run that grows (runner.watch.tfevents reads it).
+
+What each tool writes when training ends (the end marker; a run is finished on it, or on reaching its last step):
+HF's final metrics (train_runtime, train_samples_per_second, train_steps_per_second, total_flos, train_loss; every
+per-step log carries train_runtime too once input tokens are counted, so only total_flos / train_loss mark the end),
+which ms-swift appends to logging.jsonl before its run summary (a line holding log_history), and which LLaMA-Factory
+turns into a last line with the progress keys and epoch but no loss, eval_loss or lr.
 
 Everything is read tolerantly: unknown keys are ignored, lines that are not JSON objects are skipped, and a value
 that is missing or of the wrong type becomes None. Records are translated into the keys of ftui's metrics.jsonl.
@@ -21,18 +30,22 @@ that is missing or of the wrong type becomes None. Records are translated into t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
-from collections import Counter
-from dataclasses import dataclass
+import statistics
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from runner.rundir.metrics import MetricsTail
 from runner.rundir.runs import is_run_dir
 
-from .info import FileLogTail, RunInfo
+from .info import FileLogTail, RunInfo, clean_mem
+from .tfevents import Event, EventFile, event_files
 
 LOGS = (("trainer_log.jsonl", "llamafactory"), ("logging.jsonl", "swift"))
 """jsonl logs that mark a run directory, with the tool that writes each (checked before trainer_state.json, which
@@ -40,8 +53,13 @@ these tools also write)."""
 STATE = "trainer_state.json"
 TEXT_LOGS = ("running_log.txt", "train.log")
 """Text logs shown in the monitor when a run directory has one (LLaMA-Factory writes running_log.txt)."""
-ACTIVE_S = 600.0
-"""A run whose files changed this recently (and that has not reached its last step) counts as running."""
+STALL_INTERVALS = 5
+STALL_FLOOR_S = 120.0
+"""A run whose files have not changed for STALL_INTERVALS of its tool's own intervals between records (and at least
+STALL_FLOOR_S) is stalled: killed, hung, or in a long evaluation or save. None of the three tools writes a time of day,
+so the file's modification time is the clock and the elapsed times (or event times) between records the cadence."""
+UNKNOWN_CADENCE_S = 600.0
+"""The stall limit while a run's cadence is unknown (one record or none yet, or a single HF checkpoint)."""
 
 Record = dict[str, Any]
 
@@ -118,16 +136,16 @@ def _memory(raw: Record) -> dict[str, dict[str, float]]:
     allocated = _num(raw.get("vram_allocated"))
     mem = {"reserved_gib": reserved, "allocated_gib": allocated}
     mem = {k: v for k, v in mem.items() if v is not None}
-    return {"0": mem} if mem else {}
+    return clean_mem({"0": mem}) if mem else {}
 
 
 def translate(raw: Record, total: int | None = None) -> Record | None:
-    """One tool's log entry in ftui's metrics keys; None for lines that are no step (swift's end summary).
+    """One tool's log entry in ftui's metrics keys; None for lines that are no step (the end-of-training lines).
 
     `total` is the total steps when the entry does not say (trainer_state.json keeps it outside log_history).
     """
     step, steps = _progress(raw)
-    if step is None or "log_history" in raw:
+    if step is None or end_of_training(raw):
         return None
     return {
         "step": step,
@@ -147,9 +165,30 @@ def translate(raw: Record, total: int | None = None) -> Record | None:
     }
 
 
-def _finished_marker(raw: Record) -> bool:
-    """A line written only once training is over: HF's final metrics (train_runtime) or swift's run summary."""
-    return "train_runtime" in raw or "log_history" in raw
+LF_VALUES = ("loss", "eval_loss", "predict_loss", "accuracy", "lr")
+"""What a LLaMA-Factory line carries besides its progress keys, except the one written after the final metrics."""
+
+
+def end_of_training(raw: Record) -> bool:
+    """A line written once training is over: HF's final metrics (total_flos, train_loss; not train_runtime, which
+    per-step logs carry when tokens are counted), swift's run summary, or LLaMA-Factory's line for the final metrics
+    (progress and epoch, no value; its evaluation-progress lines have no epoch)."""
+    if "log_history" in raw or "total_flos" in raw or "train_loss" in raw:
+        return True
+    return "current_steps" in raw and "epoch" in raw and not any(k in raw for k in LF_VALUES)
+
+
+def _ended(raws: list[Record]) -> tuple[bool, int | None]:
+    """(training ended, the step it ended at) from a run's latest entries, oldest first: an end marker with no
+    training step logged after it (a run resumed in the same directory logs loss again)."""
+    ended, step = False, None
+    for raw in raws:
+        if end_of_training(raw):
+            ended, step = True, _progress(raw)[0]
+            step = step if step is not None else _int(raw.get("global_step"))
+        elif raw.get("loss") is not None:
+            ended, step = False, None
+    return ended, step
 
 
 # --- files -----------------------------------------------------------------------------------------------------------
@@ -227,7 +266,7 @@ def _json_lines(lines: Iterable[bytes]) -> list[Record]:
     return out
 
 
-def _tail_objects(path: Path, chunk: int = 1 << 16, cap: int = 1 << 23) -> list[Record]:
+def tail_objects(path: Path, chunk: int = 1 << 16, cap: int = 1 << 23) -> list[Record]:
     """The JSON objects on the last lines of a jsonl file, reading only its end.
 
     The read widens (up to `cap` bytes) while no complete line fits, as with swift's one-line run summary.
@@ -246,7 +285,173 @@ def _tail_objects(path: Path, chunk: int = 1 << 16, cap: int = 1 << 23) -> list[
         chunk = min(chunk * 8, cap)
 
 
+# --- HF's TensorBoard events ----------------------------------------------------------------------------------------
+
+
+def _untag(tag: str) -> str:
+    """An HF TensorBoard tag back to its log key: train/loss -> loss, eval/loss -> eval_loss, test/x -> test_x."""
+    head, _, key = tag.partition("/")
+    if not key:
+        return tag
+    return key if head == "train" else f"{head}_{key}"
+
+
+_SUMMARY_ONLY = frozenset({"train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss"})
+"""Keys of HF's final metrics that no per-step log has (its first key, train_runtime, is also a per-step one)."""
+
+
+def _is_eval(key: str) -> bool:
+    return key.startswith(("eval_", "test_"))
+
+
+def _next_log(group: Record, keys: Record) -> bool:
+    """Whether scalars at a group's step begin the next log call: a key the group has, an evaluation's keys after
+    a training log's (an evaluation logs its eval/ keys first, then its epoch), or the final metrics after a log."""
+    if set(keys) & set(group):
+        return True
+    if any(map(_is_eval, keys)) and not all(map(_is_eval, group)):
+        return True
+    return bool(set(keys) & _SUMMARY_ONLY) and not set(group) <= _SUMMARY_ONLY | {"train_runtime"}
+
+
+@dataclass
+class _Group:
+    """The scalars of one HF log call (one step, tags not repeated), as a log entry."""
+
+    path: Path
+    step: int
+    wall: float
+    raw: Record = field(default_factory=dict)
+
+
+class EventRecords:
+    """An HF run's records from its TensorBoard event files, read incrementally (older files first).
+
+    A resumed run writes a new file that starts again from its checkpoint's step: its records up to the highest
+    step of the older files are skipped, as the trainer_state.json tail skips steps it has returned. Total steps
+    come from trainer_state.json once a checkpoint has one, before that from the `args` text the callback writes
+    (max_steps, or num_train_epochs with the steps per epoch that step / epoch gives).
+    """
+
+    def __init__(self, path: Path, keep: int = 64) -> None:
+        self.path = path
+        self.files: dict[Path, EventFile] = {}
+        self.floor: dict[Path, int] = {}
+        self.session: dict[Path, tuple[float, tuple[int, float] | None]] = {}
+        """Per file: when its writer opened (its first event), and the (step, time) its pace is counted from: step 0
+        at that time for a fresh run, a resumed session's first record (None until it comes)."""
+        self.args: Record = {}
+        self.started: float | None = None
+        self.ended: tuple[bool, int | None] = (False, None)
+        self.pending: _Group | None = None
+        self.last_step = -1
+        self.recent: deque[Record] = deque(maxlen=keep)
+        self.lock = threading.Lock()
+        self.state_total: int | None = None
+        self.total_estimated = False
+        """The latest total came from the epochs (no max_steps known yet)."""
+
+    def read(self) -> list[Record]:
+        """Records of the events appended since the last read."""
+        with self.lock:
+            state = state_file(self.path)
+            self.state_total = _int((_load_state(state) or {}).get("max_steps")) if state else None
+            self.total_estimated = False if self.state_total else self.total_estimated
+            out: list[Record] = []
+            for path in event_files(self.path):
+                if path not in self.files:
+                    self.files[path], self.floor[path] = EventFile(path), self.last_step
+                for event in self.files[path].read():
+                    out += self._absorb(path, event)
+                out += self._flush()  # a log's events are written together: the last group is whole
+            self.recent.extend(out)
+            return out
+
+    def _absorb(self, path: Path, event: Event) -> list[Record]:
+        if path not in self.session:  # its first event: the writer was opened when training began
+            self.started = event.wall_time if self.started is None else self.started
+            fresh = self.floor[path] < 0
+            self.session[path] = (event.wall_time, (0, event.wall_time) if fresh else None)
+        for tag, text in event.texts.items():
+            if tag.startswith("args"):
+                self._read_args(text)
+        if not event.scalars:
+            return []
+        keys = {_untag(tag): value for tag, value in event.scalars.items()}
+        group, out = self.pending, []
+        if group is None or (group.path, group.step) != (path, event.step) or _next_log(group.raw, keys):
+            out = self._flush()
+            self.pending = group = _Group(path, event.step, event.wall_time)
+        group.raw.update(keys)
+        group.wall = event.wall_time
+        return out
+
+    def _read_args(self, text: str) -> None:
+        try:
+            args = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(args, dict):
+            self.args = args
+
+    def _flush(self) -> list[Record]:
+        """The pending group as a record; [] when there is none, it ends training, or it repeats older steps."""
+        group, self.pending = self.pending, None
+        if group is None:
+            return []
+        raw = {**group.raw, "step": group.step}
+        if end_of_training(raw) or raw.get("loss") is not None:
+            self.ended = _ended([raw])
+        began, anchor = self.session[group.path]
+        if anchor is None:  # a resumed session's pace counts from its first record
+            anchor = (group.step, group.wall)
+            self.session[group.path] = (began, anchor)
+        if end_of_training(raw) or group.step <= self.floor[group.path]:
+            return []
+        raw["elapsed_time"] = group.wall - began
+        record = translate(raw, self.total(group.step, _num(raw.get("epoch"))))
+        if record is None:
+            return []
+        record["time"] = group.wall
+        record["eta_s"] = _eta(record, *anchor)
+        self.last_step = max(self.last_step, group.step)
+        return [record]
+
+    def total(self, step: int, epoch: float | None) -> int | None:
+        """Total steps: trainer_state.json's max_steps, else the args' max_steps, else epochs x steps per epoch."""
+        self.total_estimated = False
+        if self.state_total:
+            return self.state_total
+        max_steps, epochs = _int(self.args.get("max_steps")), _num(self.args.get("num_train_epochs"))
+        if max_steps and max_steps > 0:
+            return max_steps
+        if epochs and epoch and epoch > 0:
+            self.total_estimated = True
+            return max(step, round(step / epoch * epochs))
+        return None
+
+
+def _eta(record: Record, since_step: int, since_time: float) -> float | None:
+    """Seconds left at the pace since (since_step, since_time)."""
+    total, step = record["total_steps"], record["step"]
+    if not total or step <= since_step or record["time"] <= since_time:
+        return None
+    return max(0.0, (total - step) * (record["time"] - since_time) / (step - since_step))
+
+
 # --- reading a run ---------------------------------------------------------------------------------------------------
+
+
+def _timed(records: list[Record], written: float) -> list[Record]:
+    """jsonl records with the `time` none of these tools writes: the file's modification time for the last one
+    with an elapsed time, and each earlier one that much before it as their elapsed times differ."""
+    last = next((r["elapsed_s"] for r in reversed(records) if r["elapsed_s"] is not None), None)
+    if last is None or not written:
+        return records
+    for r in records:
+        if r["time"] is None and r["elapsed_s"] is not None and r["elapsed_s"] <= last:
+            r["time"] = written - (last - r["elapsed_s"])
+    return records
 
 
 class ForeignTail:
@@ -258,8 +463,11 @@ class ForeignTail:
         self.state_key: tuple[Path, int, int] | None = None
         self.last_step = -1
         self.log: FileLogTail | None = None
+        self.events = EventRecords(run.path) if run.tool == "hf" and event_files(run.path) else None
 
     def new_records(self) -> list[Record]:
+        if self.events is not None:
+            return self.events.read()
         return self._new_state_records() if self.run.tool == "hf" else self._new_jsonl_records()
 
     def _new_jsonl_records(self) -> list[Record]:
@@ -269,7 +477,8 @@ class ForeignTail:
                 self.metrics = MetricsTail(self.run.file)
         except OSError:
             return []
-        return [r for r in map(translate, self.metrics.read()) if r is not None]
+        written = _mtime(self.run.file)
+        return _timed([r for r in map(translate, self.metrics.read()) if r is not None], written)
 
     def _new_state_records(self) -> list[Record]:
         """log_history entries past the last step returned, re-reading trainer_state.json only when it changed."""
@@ -290,9 +499,14 @@ class ForeignTail:
     def new_log_lines(self) -> list[str]:
         """New lines of the run's running_log.txt or train.log; [] when it has neither (nothing else is known)."""
         if self.log is None:
-            found = next((self.run.path / n for n in TEXT_LOGS if (self.run.path / n).is_file()), None)
+            found = text_log(self.run)
             self.log = FileLogTail(found) if found else None
         return self.log.read() if self.log else []
+
+
+def text_log(run: ForeignRun) -> Path | None:
+    """The run's text log (LLaMA-Factory's running_log.txt, or a train.log), when it has one."""
+    return next((run.path / n for n in TEXT_LOGS if (run.path / n).is_file()), None)
 
 
 def records(run: ForeignRun) -> list[Record]:
@@ -300,20 +514,104 @@ def records(run: ForeignRun) -> list[Record]:
     return ForeignTail(run).new_records()
 
 
-def _recent(run: ForeignRun) -> tuple[list[Record], bool]:
-    """The run's latest records (only the end of a jsonl file is read) and whether training has ended."""
-    if run.tool != "hf":
-        raws = _tail_objects(run.file)
-        return [r for r in map(translate, raws) if r is not None], any(map(_finished_marker, raws))
-    state = _load_state(current_file(run)) or {}
+@dataclass(frozen=True)
+class View:
+    """What a run's files say now: its latest records (oldest first) and what lists need besides."""
+
+    records: list[Record]
+    ended: bool
+    end_step: int | None
+    started: float | None
+    last_write: float
+    cadence_s: float | None
+    """The tool's usual time between writes of the file `last_write` is read from; None while unknown."""
+    total_estimated: bool = False
+    """The total steps are a guess (an HF run's epochs x steps per epoch): reaching them does not finish the run."""
+
+
+def _cadence(points: Iterable[tuple[int, float | None]]) -> float | None:
+    """The median time between records of successive steps ((step, time) pairs, oldest first; a step is timed by
+    its first record: an evaluation logged at the same step is part of that interval)."""
+    firsts: dict[int, float] = {}
+    for step, when in points:
+        if when is not None:
+            firsts.setdefault(step, when)
+    times = [firsts[s] for s in sorted(firsts)][-11:]
+    gaps = [b - a for a, b in itertools.pairwise(times) if b > a]
+    return statistics.median(gaps) if gaps else None
+
+
+def _text_logs_written(run: ForeignRun) -> float:
+    return max([_mtime(run.path / n) for n in TEXT_LOGS], default=0.0)
+
+
+def _jsonl_view(run: ForeignRun) -> View:
+    raws = tail_objects(run.file)
+    written = _mtime(run.file)
+    recent = _timed([r for r in map(translate, raws) if r is not None], written)
+    ended, end_step = _ended(raws)
+    elapsed = [(r["step"], r["elapsed_s"]) for r in recent]
+    cadence = _cadence(elapsed)
+    if cadence is None and len(elapsed) == 1 and elapsed[0][1]:  # one record: the time from the start to it
+        cadence = elapsed[0][1]
+    last = next((r for r in reversed(recent) if r["time"] is not None), None)
+    started = last["time"] - last["elapsed_s"] if last else _first_write(run)
+    return View(recent, ended, end_step, started, max(written, _text_logs_written(run)), cadence)
+
+
+_EVENTS: dict[Path, EventRecords] = {}
+"""The event-file readers of HF runs that lists ask about, by run directory: each poll reads only what was added."""
+
+
+def _events_view(run: ForeignRun) -> View:
+    reader = _EVENTS.get(run.path)
+    if reader is None:
+        if len(_EVENTS) > 64:
+            _EVENTS.clear()
+        reader = _EVENTS[run.path] = EventRecords(run.path)
+    reader.read()
+    recent = list(reader.recent)
+    written = max([_mtime(p) for p in event_files(run.path)] + [_mtime(current_file(run))])
+    cadence = _cadence((r["step"], r["time"]) for r in recent)
+    if cadence is None and recent and reader.started is not None:
+        cadence = recent[0]["time"] - reader.started or None
+    ended, end_step = reader.ended
+    written = max(written, _text_logs_written(run))
+    return View(recent, ended, end_step, reader.started, written, cadence, reader.total_estimated)
+
+
+def _state_view(run: ForeignRun) -> View:
+    path = current_file(run)
+    state = _load_state(path) or {}
     now = translate({"step": state.get("global_step"), "total_steps": state.get("max_steps")})
-    history = state.get("log_history") if isinstance(state.get("log_history"), list) else []
-    ended = any(_finished_marker(e) for e in history[-1:] if isinstance(e, dict))
-    return _state_records(state) + ([now] if now else []), ended
+    history = [e for e in state.get("log_history") or [] if isinstance(e, dict)]
+    ended, end_step = _ended(history[-4:])
+    saves = sorted(run.path.glob(f"checkpoint-*/{STATE}"), key=_checkpoint_step)
+    cadence = _cadence((_checkpoint_step(p), _mtime(p)) for p in saves if _checkpoint_step(p) >= 0)
+    runtime = next((_num(e.get("train_runtime")) for e in reversed(history) if "train_runtime" in e), None)
+    started = _mtime(path) - runtime if runtime else _extrapolated_start(saves) or _first_write(run)
+    recent = _state_records(state) + ([now] if now else [])
+    return View(recent, ended, end_step, started, max(_mtime(path), _text_logs_written(run)), cadence)
 
 
-def _started(run: ForeignRun) -> float | None:
-    """The earliest modification time among the run directory's entries: about when the tool began writing it."""
+def view(run: ForeignRun) -> View:
+    """The run's latest records and times (only the end of a jsonl file is read; event files incrementally)."""
+    if run.tool != "hf":
+        return _jsonl_view(run)
+    return _events_view(run) if event_files(run.path) else _state_view(run)
+
+
+def _extrapolated_start(saves: list[Path]) -> float | None:
+    """When step 0 was, at the pace between the oldest and newest checkpoints left (older ones may be deleted)."""
+    points = [(_checkpoint_step(p), _mtime(p)) for p in saves if _checkpoint_step(p) > 0 and _mtime(p)]
+    if len(points) < 2 or points[-1][0] <= points[0][0] or points[-1][1] <= points[0][1]:
+        return None
+    (s0, t0), (s1, t1) = points[0], points[-1]
+    return t0 - s0 * (t1 - t0) / (s1 - s0)
+
+
+def _first_write(run: ForeignRun) -> float | None:
+    """The earliest modification time among the run directory's entries (when no record tells the start)."""
     try:
         times = [e.stat().st_mtime for e in os.scandir(run.path)]
     except OSError:
@@ -321,26 +619,64 @@ def _started(run: ForeignRun) -> float | None:
     return min([t for t in times + [_mtime(run.file)] if t > 0], default=None)
 
 
-def _last_write(run: ForeignRun) -> float:
-    """When the run last wrote its metrics file or text log."""
-    return max(_mtime(p) for p in (current_file(run),) + tuple(run.path / n for n in TEXT_LOGS))
+def stall_after(cadence_s: float | None) -> float:
+    """Seconds without a write after which a run is stalled: several of its own intervals, never under the floor."""
+    if cadence_s is None:
+        return UNKNOWN_CADENCE_S
+    return max(STALL_FLOOR_S, STALL_INTERVALS * cadence_s)
 
 
-def _state(step: int | None, total: int | None, ended: bool, idle_s: float) -> str:
-    """finished (last step reached, or an end-of-training line), running (written recently) or stale."""
-    if ended or (step is not None and total and step >= total):
+def judge(
+    step: int | None, total: int | None, ended: bool, idle_s: float, cadence_s: float | None, guessed: bool = False
+) -> str:
+    """finished (an end-of-training line, or the last step reached; not a `guessed` total), running (written within
+    its stall limit) or stalled (not written for several of its intervals: killed, hung, or in a long evaluation or
+    save)."""
+    if ended or (step is not None and total and step >= total and not guessed):
         return "finished"
-    return "running" if idle_s < ACTIVE_S else "stale"
+    return "running" if idle_s < stall_after(cadence_s) else "stalled"
+
+
+def latest(records: Iterable[Record], key: str) -> Any:
+    """The newest value of `key` among `records` (a finished run's last record, its summary, has no lr)."""
+    return next((r[key] for r in reversed(list(records)) if r.get(key) is not None), None)
 
 
 def info(run: ForeignRun, now: float) -> RunInfo:
     """The run as lists and headers show it; `now` is the wall clock its file times are compared with."""
-    recent, ended = _recent(run)
-    last = recent[-1] if recent else {}
+    return _info(run, view(run), now)
+
+
+def _info(run: ForeignRun, seen: View, now: float) -> RunInfo:
+    last = seen.records[-1] if seen.records else {}
     step, total = last.get("step"), last.get("total_steps")
-    loss = next((r["loss"] for r in reversed(recent) if r["loss"] is not None), None)
-    state = _state(step, total, ended, now - _last_write(run))
-    return RunInfo(run.id, run.path, state, run.tool, step, total, loss, last.get("eta_s"), _started(run))
+    if seen.end_step is not None and (step is None or seen.end_step > step):
+        step = seen.end_step
+    state = judge(step, total, seen.ended, now - seen.last_write, seen.cadence_s, seen.total_estimated)
+    eta = last.get("eta_s") if state == "running" else None
+    loss = latest(seen.records, "loss")
+    return RunInfo(run.id, run.path, state, run.tool, step, total, loss, eta, seen.started)
+
+
+def summary(run: ForeignRun, now: float) -> dict[str, Any]:
+    """The run as `ftui runs --json` lists it (the keys of ftui's own runs, with `tool`)."""
+    seen = view(run)
+    got = _info(run, seen, now)
+    values = {k: latest(seen.records, k) for k in ("eval_loss", "lr", "grad_norm", "tokens_per_s")}
+    return {
+        "id": got.id,
+        "tool": got.tool,
+        "path": str(got.path),
+        "state": got.state,
+        "step": got.step,
+        "total_steps": got.total_steps,
+        "loss": got.loss,
+        **values,
+        "eta_s": got.eta_s,
+        "started": got.started,
+        "idle_s": round(max(0.0, now - seen.last_write), 1),
+        "stall_after_s": round(stall_after(seen.cadence_s), 1),
+    }
 
 
 # --- finding runs ----------------------------------------------------------------------------------------------------
@@ -352,7 +688,10 @@ def detect(path: Path) -> tuple[str, Path] | None:
         if (path / name).is_file():
             return tool, path / name
     state = state_file(path)
-    return ("hf", state) if state else None
+    if state:
+        return "hf", state
+    events = event_files(path)  # an HF run before its first checkpoint
+    return ("hf", events[-1]) if events else None
 
 
 def _subdirs(path: Path) -> list[Path]:

@@ -43,6 +43,22 @@ class RunInfo:
         return self.state in ACTIVE
 
 
+def clean_mem(mem: Any) -> dict[str, dict[str, float]]:
+    """A record's `mem` {rank: {key: GiB}} with every number at least 0.0: memory is never negative, and a -0.0
+    (or a tiny negative delta some tools report) would print as "-0.0"."""
+    if not isinstance(mem, dict):
+        return {}
+    return {
+        str(rank): {k: (v if v > 0 else 0.0) if _number(v) else v for k, v in parts.items()}
+        for rank, parts in mem.items()
+        if isinstance(parts, dict)
+    }
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class GpuSource(Protocol):
     def snapshot(self) -> list[GpuSnapshot]:
         """Every GPU now; raises NoGpu when there is no usable NVIDIA GPU."""

@@ -21,7 +21,7 @@ from runner.rundir.metrics import MetricsTail, last_record
 from runner.rundir.runs import RunDir, RunError, is_run_dir, list_runs, request_stop
 
 from . import foreign
-from .info import FileLogTail, RunInfo, RunTail, planned_peak
+from .info import FileLogTail, RunInfo, RunTail, clean_mem, planned_peak
 
 OWNER_CACHE_S = 5.0
 """How long the map of process groups to runs is reused (the GPU pane asks every second)."""
@@ -49,7 +49,11 @@ class DirRunTail:
         self.log = FileLogTail(run.log)
 
     def new_records(self) -> list[dict[str, Any]]:
-        return self.metrics.read()
+        records = self.metrics.read()
+        for r in records:
+            if "mem" in r:
+                r["mem"] = clean_mem(r["mem"])
+        return records
 
     def new_log_lines(self) -> list[str]:
         return self.log.read()
@@ -60,22 +64,31 @@ def run_info(run: RunDir) -> RunInfo:
     last = last_record(run.metrics) or {}
     launches = run.launches()
     planned = planned_peak(run.plan)
-    loss = last.get("loss") if last.get("loss") is not None else status.get("loss")
+    loss = latest_values(run.metrics, ("loss",))["loss"] if last and last.get("loss") is None else last.get("loss")
+    loss = loss if loss is not None else status.get("loss")
     pids = tuple(int(entry["pid"]) for entry in launches[-1:] if entry.get("pid"))
+    state, error = run.explain(status, launches)
     return RunInfo(
         run.id,
         run.path,
-        run.effective_state(status, launches),
+        state,
         "ftui",
         last.get("step", status.get("step")),
         last.get("total_steps", status.get("total_steps")),
         loss,
         last.get("eta_s"),
         launches[0].get("created") if launches else None,
-        status.get("last_error") or "",
+        error,
         planned,
         pids,
     )
+
+
+def latest_values(metrics: Path, keys: Iterable[str]) -> dict[str, Any]:
+    """The newest value of each key among the last records of a metrics.jsonl (the last record alone may be an
+    evaluation without lr or grad norm, or the loss of a step that logged none)."""
+    recent = foreign.tail_objects(metrics)
+    return {k: foreign.latest(recent, k) for k in keys}
 
 
 FOREIGN_SCAN_S = 10.0

@@ -50,7 +50,7 @@ class FtuiApp(App):
         launcher: Launcher | None = None,
         runs_root: Path | None = None,
         host_ram: Callable[[], int | None] = lambda: None,
-        initial_tab: str = "gpus",
+        initial_tab: str | None = None,
     ) -> None:
         super().__init__()
         self.gpu_source = gpus
@@ -60,7 +60,8 @@ class FtuiApp(App):
         self.launcher = launcher
         self.runs_root = runs_root or Path.cwd() / "runs"
         self.host_ram = host_ram
-        self.initial_tab = initial_tab
+        self.initial_tab = initial_tab or ("runs" if open_run else "gpus")
+        """Opened on a run's monitor (`ftui monitor RUN`), the tab behind it is Runs: esc lands there."""
         self.gpu_pane = GpuPane(gpus, owner=runs.owner, id="gpu-pane")
         self.planner = PlannerTab(id="planner-tab")
 
@@ -79,8 +80,13 @@ class FtuiApp(App):
         if self.open_run:
             self.show_run(self.open_run)
 
-    def action_show_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+    async def action_show_tab(self, tab: str) -> None:
+        """A tab key leaves the monitor (and a log above it) first: the tab is never switched behind them.
+
+        Dialogs never get here: a modal screen keeps the app's keys to itself."""
+        self.screen_stack[0].query_one(TabbedContent).active = tab  # first: no frame shows the old tab
+        while len(self.screen_stack) > 1:
+            await self.pop_screen()
         self.focus_tab()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
@@ -132,7 +138,12 @@ class FtuiApp(App):
         except (KeyError, LookupError):
             self.notify(f"no run {run_id!r} here", severity="error")
             return
-        self.push_screen(screen)
+        self.push_screen(screen, lambda _: self.back_from_run(run_id))
+
+    def back_from_run(self, run_id: str) -> None:
+        """esc on the monitor: keys go to the tab behind it, the runs table's cursor on that run."""
+        self.screen_stack[0].query_one(RunsTab).highlight(run_id)
+        self.focus_tab()
 
     # --- what the GPU pane knows, for the monitor --------------------------------------------
 

@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Button, Footer, Input, Label, Static
 from textual.worker import get_current_worker
 
 from runner.recipe.from_plan import recipe_from_plan, recipe_text
@@ -75,6 +75,7 @@ class LaunchScreen(ModalScreen[Path | None]):
             with Horizontal(id="launch-buttons"):
                 yield Button("Write + launch (ctrl+s)", id="go", variant="success")
                 yield Button("Cancel (esc)", id="cancel")
+        yield Footer()  # its own keys: the app's do not work while the dialog is open
 
     def on_mount(self) -> None:
         self.query_one("#l-dataset", Input).focus()

@@ -88,15 +88,30 @@ def progress_bar(step: int, total: int, width: int) -> Text:
     )
 
 
+def run_keys(info: RunInfo) -> dict[str, bool | None]:
+    """Stop and resume for a run, as `check_action` answers: True works, None shown dimmed (not in
+    this state), False hidden (another tool's run: ftui knows neither its process nor its
+    checkpoints). Resume works where the runner resumes: an ended run that did not finish."""
+    if info.tool != "ftui":
+        return {"stop": False, "resume": False}
+    return {
+        "stop": True if info.active else None,
+        "resume": True if not info.active and info.state != "finished" else None,
+    }
+
+
 def _num(value: Any, fmt: str) -> str:
-    return fmt.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    text = fmt.format(value)
+    return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text) else text  # no "-0.0"
 
 
 class MonitorScreen(Screen):
     """Everything about one run, live."""
 
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "back"),
+        Binding("escape", "back", "back"),
         Binding("s", "stop", "stop"),
         Binding("R", "resume", "resume"),
         Binding("l", "logs", "log"),
@@ -118,6 +133,8 @@ class MonitorScreen(Screen):
         self.info: RunInfo | None = None
         self.chart_dirty = False
         self.log_tail: deque[str] = deque(maxlen=LOG_LINES)
+        self.keys: dict[str, bool | None] = {}
+        """stop and resume as the footer shows them (run_keys); none until the run is read."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="mon-header")
@@ -159,6 +176,10 @@ class MonitorScreen(Screen):
             self.show_log_tail()
         self.refresh_numbers()
         self.redraw_chart()  # in the same frame as the numbers: one repaint per poll
+        keys = run_keys(self.info) if self.info else {}
+        if keys != self.keys:
+            self.keys = keys
+            self.refresh_bindings()
 
     def show_log_tail(self) -> None:
         """The newest lines of the log, cut to the width (the whole log is `l` away)."""
@@ -178,6 +199,8 @@ class MonitorScreen(Screen):
             f"  ETA {fmt_eta(last.get('eta_s')) if state == 'running' else '-'}",
             f"  elapsed {fmt_eta(last.get('elapsed_s'))}",
         )
+        if info and info.tool != "ftui":  # why the footer has no stop or resume
+            header.append(f"  {info.tool} run, watched only", style="dim")
         show(self.query_one("#mon-header", Static), header)
         bar = self.query_one("#mon-progress", Static)
         show(bar, progress_bar(step or 0, total, bar.size.width) if total else Text(""))
@@ -186,7 +209,8 @@ class MonitorScreen(Screen):
             (_num(self.losses[-1] if self.losses else None, "{:.4f}"), "bold"),
             "  eval ",
             (_num(self.eval_losses[-1] if self.eval_losses else None, "{:.4f}"), "bold"),
-            f"\nlr {_num(last.get('lr'), '{:.2e}')}  gnorm {_num(last.get('grad_norm'), '{:.3f}')}",
+            f"\nlr {_num(_latest(self.records, 'lr'), '{:.2e}')}"
+            f"  gnorm {_num(_latest(self.records, 'grad_norm'), '{:.3f}')}",
             f"\ntok/s {_num(_latest(self.records, 'tokens_per_s'), '{:,.0f}')}"
             f"  smp/s {_num(_latest(self.records, 'samples_per_s'), '{:,.2f}')}",
             f"\ntokens {_num(last.get('tokens'), '{:,}')}",
@@ -231,14 +255,28 @@ class MonitorScreen(Screen):
             series.append(Series("eval", *map(tuple, thin(self.eval_steps, self.eval_losses, limit)), "magenta", True))
         chart.plot(series)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The footer offers stop and resume only where they work (run_keys)."""
+        if action in ("stop", "resume"):
+            return self.keys.get(action)
+        return True
+
+    def action_back(self) -> None:
+        self.dismiss()
+
     def action_logs(self) -> None:
         self.app.push_screen(LogScreen(self.source, self.run_id))
 
     def action_stop(self) -> None:
         def done(confirmed: bool | None) -> None:
-            if confirmed:
+            if not confirmed:
+                return
+            try:
                 outcome = self.source.stop(self.run_id)
-                self.notify("stopping after the current step" if outcome == "requested" else "killed")
+            except Exception as err:  # RunError and friends: show, don't crash
+                self.notify(str(err), severity="error")
+                return
+            self.notify("stopping after the current step" if outcome == "requested" else "killed")
 
         self.app.push_screen(Confirm(f"Stop {self.run_id}? It saves a checkpoint first."), done)
 
@@ -288,4 +326,5 @@ def state_style(state: str) -> str:
         "dead": "white on red",
         "stopping": "black on yellow",
         "stopped": "black on yellow",
+        "stalled": "black on yellow",
     }.get(state, "reverse")

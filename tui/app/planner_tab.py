@@ -86,6 +86,12 @@ class AlternativesTable(DataTable):
 
     BINDINGS = [Binding("enter", "select_cursor", "plan this one")]
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """enter plans an alternative: offered while there are some (a given tuner has none)."""
+        if action == "select_cursor":
+            return self.display and self.row_count > 0
+        return True
+
 
 class PlannerTab(Horizontal):
     """Model, GPUs and settings in; memory, fit, speed and alternatives out."""
@@ -110,6 +116,8 @@ class PlannerTab(Horizontal):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.gpu_known = False
+        self._keys: tuple[bool, bool] = (False, False)
+        """(a setup to launch and trace, alternatives shown), as the footer last showed them."""
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="plan-form"):
@@ -144,7 +152,7 @@ class PlannerTab(Horizontal):
             yield Static(id="plan-numbers")
             yield Static(id="plan-reasons")
             table = AlternativesTable(id="plan-alts", cursor_type="row", zebra_stripes=True)
-            table.add_columns("tuner", "ZeRO", "fits", "GiB", "tok/s", "why not")
+            table.add_columns("tuner", "ZeRO", "fits", "micro-batch", "GiB", "tok/s", "why not")
             table.display = False
             yield table
 
@@ -282,6 +290,9 @@ class PlannerTab(Horizontal):
         if rec is not None:
             for row in alternative_rows(rec.alternatives):
                 table.add_row(*row)
+        if (outcome.setup is not None, table.display) != self._keys:
+            self._keys = (outcome.setup is not None, table.display)
+            self.refresh_bindings()  # launch and trace, enter on an alternative
 
     def _numbers(self, outcome: PlanOutcome) -> Text:
         est = outcome.plan.estimate
@@ -312,6 +323,15 @@ class PlannerTab(Horizontal):
 
     # --- keys ----------------------------------------------------------------------------------
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Launch and trace are dimmed until there is a setup; `leave field` is offered in the form."""
+        if action in ("launch", "verify"):
+            return True if self.outcome is not None and self.outcome.setup is not None else None
+        if action == "leave":
+            focused = self.screen.focused
+            return focused is not None and self.query_one("#plan-form") in focused.ancestors
+        return True
+
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """Enter on an alternative plans that tuner and ZeRO stage."""
         if event.data_table.id != "plan-alts":
@@ -322,22 +342,15 @@ class PlannerTab(Horizontal):
         self.query_one("#f-zero", Select).value = str(row[1]).split("-")[0]
 
     def action_leave(self) -> None:
-        """Out of the form (so g / r / q switch tabs and quit again): to the alternatives table."""
-        self.query_one("#plan-alts", DataTable).focus()
+        """Out of the form (so g / r / q switch tabs and quit again): to the alternatives table, or
+        to the plan itself when there are none."""
+        table = self.query_one("#plan-alts", DataTable)
+        (table if table.display and table.row_count else self.query_one("#plan-result")).focus()
 
-    def action_verify(self) -> None:
+    def action_verify(self) -> None:  # offered only with a setup (check_action)
         outcome = self.outcome
-        if outcome is None or outcome.setup is None:
-            self.notify("Nothing to trace yet: the plan needs a model, a GPU and a setup.", severity="warning")
-            return
         self.query_one("#plan-verify", Static).update(Text("tracing ftui's own training step…", style="italic"))
         self._trace(outcome)
 
-    def action_launch(self) -> None:
-        outcome = self.outcome
-        if outcome is None or outcome.setup is None:
-            self.notify(
-                "Nothing to launch yet: the plan needs a model, a GPU and a setup that fits.", severity="warning"
-            )
-            return
-        self.post_message(self.Launch(outcome, self.form().model.strip()))
+    def action_launch(self) -> None:  # offered only with a setup (check_action)
+        self.post_message(self.Launch(self.outcome, self.form().model.strip()))

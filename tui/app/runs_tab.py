@@ -19,7 +19,7 @@ from runner.watch.info import RunInfo, RunSource
 
 from .confirm import Confirm
 from .messages import OpenRun, on_top
-from .monitor import fmt_eta, state_style
+from .monitor import fmt_eta, run_keys, state_style
 
 REFRESH_S = 2.0
 COLUMNS = ("run", "tool", "state", "step", "loss", "ETA", "started")
@@ -52,6 +52,8 @@ class RunsTab(Vertical):
         super().__init__(**kwargs)
         self.source = source
         self.infos: dict[str, RunInfo] = {}
+        self._keys: tuple | None = None
+        """The selected run and its keys, as the footer last showed them."""
 
     def compose(self) -> ComposeResult:
         yield Static("No runs yet. Plan one on the Planner tab (p), or: ftui train RECIPE.yaml", id="runs-empty")
@@ -100,6 +102,41 @@ class RunsTab(Vertical):
                 for col, value in zip(COLUMNS, row, strict=True):
                     table.update_cell(run_id, col, value, update_width=True)
         self.infos = {r.id: r for r in infos}
+        self.keys_changed()
+
+    def highlight(self, run_id: str) -> None:
+        """Put the cursor on a run, when it is listed."""
+        table = self.query_one(DataTable)
+        if run_id in self.infos and table.row_count:
+            table.move_cursor(row=table.get_row_index(run_id))
+
+    # --- which keys work (the footer shows those) -------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """No run selected: no run keys. A run of another tool: no stop or resume (ftui knows
+        neither its process nor its checkpoints). Ours: stop while it is active, resume after it
+        ended early (shown dimmed otherwise)."""
+        if action not in ("open", "logs", "stop", "resume"):
+            return True
+        run_id = self.selected()
+        if run_id is None:
+            return False
+        info = self.infos.get(run_id)
+        if action in ("open", "logs") or info is None:
+            return True
+        return run_keys(info).get(action)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        self.keys_changed()
+
+    def keys_changed(self) -> None:
+        """Refresh the footer when the selected run, or what can be done with it, changed."""
+        info = self.infos.get(self.selected() or "")
+        keys = (info.id, tuple(run_keys(info).items())) if info else None
+        if keys != self._keys:
+            self._keys = keys
+            self.refresh_bindings()
 
     def selected(self) -> str | None:
         table = self.query_one(DataTable)
@@ -126,12 +163,6 @@ class RunsTab(Vertical):
         if run_id is None:
             return
         info = self.infos.get(run_id)
-        if info is not None and info.tool != "ftui":  # ask nothing: the source says why it cannot
-            self._stop(run_id)
-            return
-        if info is not None and not info.active:
-            self.notify(f"{run_id} is {info.state}; nothing to stop", severity="warning")
-            return
 
         def answered(yes: bool | None) -> None:
             if yes:
