@@ -246,6 +246,30 @@ def test_killing_the_supervisor_alone_ends_its_trainer_and_the_resume_is_the_onl
         assert steps == sorted(set(steps))
 
 
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_every_rank_of_a_two_process_run_ends_with_its_killed_supervisor_and_a_double_stop_reaches_all(
+    runs_dir, launcher
+):
+    sets = ["distributed.gpus=2", f"distributed.launcher={launcher}", "tuner=lora", "train.logging_steps=1"]
+    if launcher == "deepspeed":
+        sets += ["distributed.zero=2", "train.precision=fp32"]
+    run = start(runs_dir, *sets, "train.max_steps=400", "train.save_steps=1000")
+    wait_for(run, lambda: step_of(run) >= 2 and len(run.live_rank_pids()) == 2)
+    ranks = run.live_rank_pids()
+    assert all(os.getpgid(pid) != run.launches()[-1]["pgid"] for pid in ranks) or launcher == "deepspeed"
+    os.kill(run.launches()[-1]["pid"], signal.SIGKILL)  # the supervisor only; the ranks are in other sessions
+    assert await_exit(ranks, timeout=60) == []
+    assert run.effective_state() == "dead"
+    resume = resume_run(run)  # no checkpoint yet: it starts over, with two fresh ranks
+    assert resume.run.launches()[-1]["resume_from"] is None
+    wait_for(run, lambda: len(run.live_rank_pids()) == 2 and step_of(run) >= 1)
+    ranks = run.live_rank_pids()
+    assert request_stop(run) == "requested" and request_stop(run, grace_s=5) == "killed"
+    assert await_exit(ranks, timeout=30) == []
+    assert await_run_processes(run, timeout=30) == []
+    assert run.effective_state() == "stopped"
+
+
 def test_two_resumes_at_once_launch_one_and_the_other_says_why(runs_dir):
     run = start(runs_dir, "tuner=lora", "train.max_steps=400", "train.save_steps=2", "train.logging_steps=1")
     wait_for(run, lambda: (run.checkpoints / "checkpoint-2" / MARKER).exists())
