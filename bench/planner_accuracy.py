@@ -51,11 +51,12 @@ class Unsupported(RuntimeError):
 
 def plan_argv(row: dict[str, str]) -> list[str]:
     argv = ["plan", "--json", "--model", row["model"]]
-    if row.get("zero") == "fsdp":
-        raise Unsupported("FSDP is not modelled by the planner yet")
     for column, flag in FLAGS.items():
         value = row.get(column)
         if not value:
+            continue
+        if column == "zero" and value == "fsdp":  # FSDP full shard (with `offload` optimizer+params: its CPU offload)
+            argv += ["--fsdp", "full_shard"]
             continue
         if column == "gpu" and value.startswith("mem:"):  # usable memory in GiB, GPU type unknown
             argv += ["--gpu-mem", value.removeprefix("mem:")]

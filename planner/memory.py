@@ -176,6 +176,11 @@ def widths(setup: Setup) -> Widths:
     if setup.deepspeed:
         # DeepSpeed mixed precision: 16-bit params and grads, fp32 master + m + v (the seed's 16A).
         return Widths(2, 2, 4, 4, 2, Precision(2, 2))
+    if setup.is_fsdp and not setup.adapters:
+        # accelerate's fsdp2_prepare_model upcasts every trainable parameter to fp32 when mixed
+        # precision is on (FSDP2 wants one dtype per group); MixedPrecisionPolicy(param_dtype=bf16)
+        # casts the gathered copy for compute, so blocks see 16-bit weights and a 16-bit stream.
+        return Widths(4, 4, 4, 0, 4, Precision(2, 2))
     if setup.adapters:
         # Adapters under autocast: the frozen base stays 16-bit, peft keeps the adapters in fp32.
         return Widths(2, 4, 4, 0, 4, Precision(2, 2))
@@ -246,8 +251,11 @@ def estimate(arch: Architecture, setup: Setup, cluster: Cluster) -> MemoryEstima
 
 
 def _shard(setup: Setup, cluster: Cluster, stage: int) -> int:
-    """Ranks a state is split over: ZeRO stage >= `stage` shards it across the world."""
-    return cluster.world if setup.zero >= stage else 1
+    """Ranks a state is split over: ZeRO stage (or the FSDP strategy's equivalent) >= `stage`
+    shards it across the world; FSDP's hybrid_shard only across the GPUs of one node."""
+    if setup.stage < stage:
+        return 1
+    return cluster.gpus_per_node if setup.fsdp == "hybrid_shard" else cluster.world
 
 
 def weight_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, pr: Params) -> list[Term]:
@@ -255,7 +263,7 @@ def weight_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, 
     on_gpu = 0 if setup.offload == "optimizer+params" else 1
     shard = _shard(setup, cluster, 3)
     if setup.tuner == "qlora":
-        terms += _quantized_weight_terms(arch, setup, pr)
+        terms += _quantized_weight_terms(arch, setup, pr, shard if setup.is_fsdp else 1, on_gpu)
     else:
         terms.append(
             Term(
@@ -271,11 +279,13 @@ def weight_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, 
             Term(
                 "weights",
                 "LoRA adapter weights",
-                pr.adapter * w.adapter,
+                pr.adapter * w.adapter * on_gpu / (shard if setup.is_fsdp else 1),  # FSDP shards them too
                 source=f"r={setup.lora_rank} A and B for {setup.lora_targets}; peft stores them fp32",
                 state=True,
             )
         )
+    if setup.is_fsdp:
+        terms.append(_fsdp_gathered(arch, setup, pr, w))
     if setup.zero == 3:
         # ZeRO-3 all-gathers each module's 16-bit params before use, prefetching the next one.
         gathered = 2 * max(arch.embedding_params, arch.head_params, 2 * max(arch.layer_params))
@@ -291,28 +301,74 @@ def weight_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, 
     return terms
 
 
-def _quantized_weight_terms(arch: Architecture, setup: Setup, pr: Params) -> list[Term]:
+def _fsdp_gathered(arch: Architecture, setup: Setup, pr: Params, w: Widths) -> Term:
+    """What FSDP holds unsharded when backward begins (accelerate's fsdp2_prepare_model: one unit
+    per decoder layer, the embedding its own unit, the final norm + LM head a unit with
+    reshard_after_forward=False, the root with torch's default, False).
+
+    full_shard / hybrid_shard: the tail unit (head, and the embedding when tied) stays gathered
+    from the end of forward, plus the last layer, whose backward runs first, and the layer FSDP2
+    prefetches behind it. shard_grad_op (reshard_after_forward=False everywhere): every unit stays
+    gathered from its forward to its backward, so at that moment the whole model is."""
+    compute = 4 if setup.precision == "fp32" else 2  # MixedPrecisionPolicy param_dtype (or the stored dtype)
+    if setup.tuner == "qlora":
+        per = _nf4_bytes(setup) if setup.quant == "nf4" else 1.0
+        layer = (
+            arch.layer_linear_params // arch.layers * per
+            + (max(arch.layer_params) - arch.layer_linear_params // arch.layers) * compute
+        )
+        model = pr.quantized * per + (pr.total - pr.quantized) * compute
+    else:
+        layer = max(arch.layer_params) * compute
+        model = pr.total * compute
+    tail = arch.head_params * compute
+    if setup.fsdp == "shard_grad_op":
+        gathered, how = model, "every unit stays gathered from its forward to its backward"
+    else:
+        gathered, how = tail + 2 * layer, "the head unit (kept after forward) + the last layer and the one prefetched"
+    return Term(
+        "weights",
+        "FSDP gathered units",
+        gathered,
+        ("backward",),
+        source=f"FSDP {setup.fsdp}: {how}, in {compute}-byte compute dtype",
+    )
+
+
+def _nf4_bytes(setup: Setup) -> float:
+    # bitsandbytes NF4: 4 bits + one absmax per 64-block; double quantisation stores that absmax
+    # as 8 bits with an fp32 scale per 256 blocks (Dettmers et al. 2023, QLoRA section 3).
+    return 0.5 + ((1 + 4 / 256) / 64 if setup.double_quant else 4 / 64)
+
+
+def _quantized_weight_terms(
+    arch: Architecture, setup: Setup, pr: Params, shard: int = 1, on_gpu: int = 1
+) -> list[Term]:
+    """`shard`: FSDP shards the 4-bit weights (stored in a 16-bit quant_storage dtype); `on_gpu` 0:
+    FSDP's CPU offload keeps the shards in host memory and gathers each unit to the GPU for use."""
     if setup.quant == "nf4":
-        # bitsandbytes NF4: 4 bits + one absmax per 64-block; double quantisation stores that absmax
-        # as 8 bits with an fp32 scale per 256 blocks (Dettmers et al. 2023, QLoRA section 3).
-        per = 0.5 + ((1 + 4 / 256) / 64 if setup.double_quant else 4 / 64)
+        per = _nf4_bytes(setup)
     else:
         per = 1.0 + 4 / arch.hidden  # LLM.int8: int8 weights + an fp32 scale per output row
     rest = pr.total - pr.quantized
     rest_bytes = 4 if setup.precision == "fp32" else 2  # loaded in the compute dtype, not upcast to fp32
+    # Under FSDP the 4-bit weights are stored in a 16-bit quant_storage dtype, so FSDP can shard them
+    # like any other parameter (accelerate leaves integer-stored Params4bit unsharded).
+    sharded = f"; FSDP shards over {shard}" if shard > 1 else ""
     return [
         Term(
             "weights",
             "quantized linear weights",
-            pr.quantized * per,
-            source=f"{pr.quantized:,} linear params in {setup.quant} ({per:.4f} B each)",
+            on_gpu * pr.quantized * per / shard,
+            source=f"{pr.quantized:,} linear params in {setup.quant} ({per:.4f} B each){sharded}",
             state=True,
         ),
         Term(
             "weights",
             "16-bit weights (embeddings, head, norms)",
-            rest * rest_bytes,
-            source="embeddings, LM head, norms (and fused MoE experts, not nn.Linear) stay in the compute dtype",
+            on_gpu * rest * rest_bytes / shard,
+            source="embeddings, LM head, norms (and fused MoE experts, not nn.Linear) stay in the compute dtype"
+            + sharded,
             state=True,
         ),
         Term(
@@ -328,7 +384,7 @@ def _quantized_weight_terms(arch: Architecture, setup: Setup, pr: Params) -> lis
 def gradient_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, pr: Params) -> list[Term]:
     terms: list[Term] = []
     phases = BOTH if setup.grads_persist else ("step",)
-    offloaded = setup.offload != "none" and setup.zero >= 2
+    offloaded = setup.offload != "none" and setup.stage >= 2  # DeepSpeed offload, or FSDP's (grads on the CPU)
     shard = _shard(setup, cluster, 2)
     if pr.trainable_base:
         grad = 0 if offloaded else pr.trainable_base * w.grad / shard
@@ -338,7 +394,7 @@ def gradient_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths
                 "gradients",
                 grad,
                 phases,
-                source=f"{pr.trainable_base:,} trainable x {w.grad} B; ZeRO-2/3 shard over {shard}",
+                source=f"{pr.trainable_base:,} trainable x {w.grad} B; {setup.engine_label} shards over {shard}",
                 state=True,
             )
         )
@@ -357,7 +413,7 @@ def gradient_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths
             Term(
                 "gradients",
                 "adapter gradients",
-                pr.adapter * w.adapter,
+                0 if offloaded else pr.adapter * w.adapter / (shard if setup.is_fsdp else 1),
                 phases,
                 source="gradients of the LoRA weights, same dtype",
                 state=True,
@@ -419,7 +475,7 @@ def optimizer_terms(setup: Setup, cluster: Cluster, w: Widths, pr: Params, arch:
             "optimizer moments",
             states,
             pool=pool,
-            source=src + f"; ZeRO-1+ shards over {shard}",
+            source=src + f"; {setup.engine_label} shards over {shard}",
             state=True,
         )
     )
@@ -495,7 +551,8 @@ def activation_terms(
     from .step import blocks_for, dora_moments, effective_dropout, peak, walk
 
     adapters = arch.lora_targets(setup.lora_targets) if setup.adapters else ()
-    autocast_fp32 = setup.precision in ("bf16-mixed", "fp16-mixed") and w.weight == 4
+    # Under FSDP the gathered weights are already 16-bit (MixedPrecisionPolicy): no fp32 weight casts.
+    autocast_fp32 = setup.precision in ("bf16-mixed", "fp16-mixed") and w.weight == 4 and not setup.is_fsdp
     events = walk(
         arch,
         tokens=setup.tokens,
@@ -516,7 +573,7 @@ def activation_terms(
         autocast_fp32_weights=autocast_fp32,
         trained_linears=arch.block if pr.trained_layers else (),
         dora=tuple(dora_moments(arch, adapters, w.act.compute, effective_dropout(arch, setup))) if setup.dora else (),
-        grad_shard=cluster.world if cluster is not None and setup.zero >= 2 else 1,
+        grad_shard=_shard(setup, cluster, 2) if cluster is not None else 1,
     )
     top = peak(events)
     return [
@@ -571,6 +628,9 @@ def cpu_ram(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, pr: P
     load_bytes = 2 if setup.precision != "fp32" else 4
     if setup.zero == 3:
         loading = procs * 5 * GIB  # zero.Init partitions while loading: about one checkpoint shard per rank
+    elif setup.is_fsdp and setup.tuner != "qlora":
+        # cpu_ram_efficient_loading: rank 0 loads the checkpoint, the others build on `meta`.
+        loading = pr.total * load_bytes + procs * 5 * GIB
     elif setup.tuner == "qlora":
         loading = procs * 5 * GIB  # quantized shard by shard straight onto the GPU
     else:
@@ -580,5 +640,9 @@ def cpu_ram(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, pr: P
         per_rank = (pr.trainable_base + pr.adapter) / cluster.world
         offloaded += procs * per_rank * (12 + 4)  # fp32 master, m, v and the fp32 gradient buffer (pinned)
         if setup.offload == "optimizer+params":
-            offloaded += procs * pr.total * 2 / cluster.world
+            if setup.tuner == "qlora":  # FSDP's offload of the 4-bit base (16-bit quant storage)
+                stored = pr.quantized * _nf4_bytes(setup) + (pr.total - pr.quantized) * 2
+            else:
+                stored = pr.total * (w.weight if setup.is_fsdp else 2)
+            offloaded += procs * stored / cluster.world
     return procs * PROCESS_CPU_RAM + max(loading, offloaded)

@@ -1,4 +1,4 @@
-"""What should I run? Search every tuner x ZeRO stage x offload x checkpointing x micro-batch,
+"""What should I run? Search every tuner x engine (ZeRO stage or FSDP) x offload x checkpointing x micro-batch,
 keep what fits with headroom, rank by expected quality then speed."""
 
 from __future__ import annotations
@@ -38,13 +38,31 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Alternative:
-    """The best variant found for one tuner x ZeRO stage, and why it was not chosen."""
+    """The best variant found for one tuner x engine (ZeRO stage or FSDP), and why it was not chosen."""
 
     tuner: str
     zero: int
     candidate: Candidate | None
     fits: bool
     reason: str
+    fsdp: str = "none"
+    """The FSDP strategy of this row (`none`: a DeepSpeed/DDP row, `zero` says which stage)."""
+
+    @property
+    def engine(self) -> str:
+        """`0`..`3` (ZeRO stage) or `fsdp`: the column the tables show."""
+        return "fsdp" if self.fsdp != "none" else str(self.zero)
+
+
+FSDP_ROW = "fsdp"
+"""The engine key of the FSDP rows in the search (ZeRO rows are keyed by their stage)."""
+
+
+def _engine(key: int | str, base: Setup, fixed: frozenset[str]) -> tuple[int, str]:
+    """(zero, fsdp) of an engine key."""
+    if key == FSDP_ROW:
+        return 0, base.fsdp if "fsdp" in fixed and base.fsdp != "none" else "full_shard"
+    return int(key), "none"
 
 
 @dataclass(frozen=True)
@@ -108,10 +126,11 @@ def max_seq_len(arch: Architecture, setup: Setup, cluster: Cluster, limit: int =
 
 
 def _variants(
-    base: Setup, cluster: Cluster, tuner: str, zero: int, fixed: frozenset[str], arch: Architecture
+    base: Setup, cluster: Cluster, tuner: str, key: int | str, fixed: frozenset[str], arch: Architecture
 ) -> list[Setup]:
-    """Setups to try for one tuner x ZeRO stage; fields named in `fixed` keep the value in `base`."""
+    """Setups to try for one tuner x engine; fields named in `fixed` keep the value in `base`."""
     gpu = cluster.gpu
+    zero, fsdp = _engine(key, base, fixed)
     if "precision" in fixed:
         precisions = [base.precision]
     elif zero > 0:
@@ -124,6 +143,8 @@ def _variants(
         offloads = [base.offload]
     else:
         offloads = ["none"] + (["optimizer"] if zero >= 1 else []) + (["optimizer+params"] if zero == 3 else [])
+        if fsdp != "none":
+            offloads = ["none", "optimizer+params"]  # FSDP's CPU offload moves all three together
     ckpts = [base.grad_ckpt] if "grad_ckpt" in fixed else [False, True]
     attn = base.attn if "attn" in fixed or base.attn != "flash" or gpu.flash_attention else "sdpa"
     if "attn" not in fixed:
@@ -134,6 +155,7 @@ def _variants(
         base.but(
             tuner=tuner,
             zero=zero,
+            fsdp=fsdp,
             precision=precision,
             offload=offload,
             grad_ckpt=ckpt,
@@ -151,9 +173,9 @@ def _divisor_at_most(n: int, cap: int) -> int:
 
 
 def _best_variant(
-    arch: Architecture, base: Setup, cluster: Cluster, tuner: str, zero: int, mb_cap: int, fixed: frozenset[str]
+    arch: Architecture, base: Setup, cluster: Cluster, tuner: str, key: int | str, mb_cap: int, fixed: frozenset[str]
 ) -> tuple[Candidate | None, Candidate | None]:
-    """(best fitting candidate, smallest non-fitting one) for one tuner x ZeRO stage."""
+    """(best fitting candidate, smallest non-fitting one) for one tuner x engine."""
     per_gpu = mb_cap
     best: Candidate | None = None
     smallest: Candidate | None = None
@@ -164,7 +186,7 @@ def _best_variant(
             seen[setup] = estimate(arch, setup, cluster)
         return seen[setup]
 
-    for setup in _variants(base, cluster, tuner, zero, fixed, arch):
+    for setup in _variants(base, cluster, tuner, key, fixed, arch):
         if best is not None and OFFLOAD_RANK[setup.offload] > OFFLOAD_RANK[best.setup.offload]:
             break  # more offload never wins over a fit with less (the order below); variants come least first
         first = evaluate(arch, setup, cluster, est(setup))
@@ -215,7 +237,7 @@ def _faster(a: Candidate, b: Candidate) -> bool:
     ta, tb = a.throughput.tokens_per_s, b.throughput.tokens_per_s
     if abs(ta - tb) > 0.03 * max(ta, tb):
         return ta > tb
-    simpler = lambda c: (c.setup.offload != "none", c.setup.zero)  # noqa: E731
+    simpler = lambda c: (c.setup.offload != "none", c.setup.stage, c.setup.is_fsdp)  # noqa: E731
     if simpler(a) != simpler(b):
         return simpler(a) < simpler(b)
     return a.setup.precision.endswith("mixed") and not b.setup.precision.endswith("mixed")
@@ -229,17 +251,23 @@ def recommend(
     tuners: tuple[str, ...] = QUALITY,
     fixed: frozenset[str] = frozenset(),
 ) -> Recommendation:
-    """Try every tuner x ZeRO stage (with offload, checkpointing and micro-batch searched inside).
+    """Try every tuner x engine: ZeRO stage 0-3 and FSDP (with offload, checkpointing and
+    micro-batch searched inside).
 
     `base` carries the sequence length and the LoRA/LISA/freeze knobs; fields named in `fixed`
-    (precision, optim, zero, offload, grad_ckpt, attn, micro_batch) are not searched.
+    (precision, optim, zero, fsdp, offload, grad_ckpt, attn, micro_batch) are not searched.
     """
     mb_cap = max(1, min(MAX_MICRO_BATCH, global_batch // cluster.world or 1))
-    stages = (base.zero,) if "zero" in fixed else (0, 1, 2, 3)
-    rows: list[tuple[str, int, Candidate | None, Candidate | None]] = []
-    for tuner, zero in product(tuners, stages):
-        best, smallest = _best_variant(arch, base, cluster, tuner, zero, mb_cap, fixed)
-        rows.append((tuner, zero, best, smallest))
+    if "fsdp" in fixed and base.fsdp != "none":
+        engines: tuple[int | str, ...] = (FSDP_ROW,)
+    elif "zero" in fixed or "fsdp" in fixed:
+        engines = (base.zero,)
+    else:
+        engines = (0, 1, 2, 3, FSDP_ROW)
+    rows: list[tuple[str, int | str, Candidate | None, Candidate | None]] = []
+    for tuner, key in product(tuners, engines):
+        best, smallest = _best_variant(arch, base, cluster, tuner, key, mb_cap, fixed)
+        rows.append((tuner, key, best, smallest))
     chosen = _choose([r[2] for r in rows if r[2] is not None])
     alternatives = tuple(_alternative(r, chosen, cluster) for r in rows)
     if chosen is None:
@@ -264,10 +292,19 @@ def _gib(x: float) -> str:
 def _alternative(
     row: tuple[str, int, Candidate | None, Candidate | None], chosen: Candidate | None, cluster: Cluster
 ) -> Alternative:
-    tuner, zero, best, smallest = row
+    tuner, key, best, smallest = row
+    zero, fsdp = (0, "full_shard") if key == FSDP_ROW else (int(key), "none")
     if best is not None:
-        if chosen is not None and best.setup.tuner == chosen.setup.tuner and best.setup.zero == chosen.setup.zero:
-            return Alternative(tuner, zero, best, True, "chosen")
+        fsdp = best.setup.fsdp if key == FSDP_ROW else "none"
+    elif smallest is not None and key == FSDP_ROW:
+        fsdp = smallest.setup.fsdp
+
+    def alt(candidate: Candidate | None, fits: bool, reason: str) -> Alternative:
+        return Alternative(tuner, zero, candidate, fits, reason, fsdp)
+
+    if best is not None:
+        if chosen is not None and _row_key(best) == _row_key(chosen) and best.setup.tuner == chosen.setup.tuner:
+            return alt(best, True, "chosen")
         if chosen is not None and QUALITY.index(tuner) > QUALITY.index(chosen.setup.tuner):
             why = f"fits, but {tuner} is expected to train worse than {chosen.setup.tuner}"
         elif chosen is not None and best.setup.offload != chosen.setup.offload:
@@ -288,12 +325,16 @@ def _alternative(
                 if chosen
                 else "fits"
             )
-        return Alternative(tuner, zero, best, True, why)
+        return alt(best, True, why)
     if smallest is None:
-        return Alternative(tuner, zero, None, False, "no variant to try")
+        return alt(None, False, "no variant to try")
     if smallest.refusal is not None:
-        return Alternative(tuner, zero, smallest, False, f"refused: {smallest.refusal.reason}")
-    return Alternative(tuner, zero, smallest, False, _why_not(smallest, cluster))
+        return alt(smallest, False, f"refused: {smallest.refusal.reason}")
+    return alt(smallest, False, _why_not(smallest, cluster))
+
+
+def _row_key(c: Candidate) -> int | str:
+    return FSDP_ROW if c.setup.is_fsdp else c.setup.zero
 
 
 def _why_not(cand: Candidate, cluster: Cluster) -> str:
@@ -337,10 +378,10 @@ def _reasons(chosen: Candidate, cluster: Cluster, rows, accum: int, global_batch
         reasons.append(
             f"nothing fits without CPU offload; it needs about {mem.cpu_ram_bytes / 2**30:.0f} GiB of host RAM per node"
         )
-    same = [r for r in rows if r[0] == s.tuner and r[2] is not None and r[1] != s.zero]
+    same = [r for r in rows if r[0] == s.tuner and r[2] is not None and r[1] != _row_key(chosen)]
     if same and cluster.world > 1:
-        stage = f"ZeRO-{s.zero}" if s.zero else "plain data parallel (no ZeRO)"
-        reasons.append(f"{stage} is the fastest stage that fits: {chosen.throughput.tokens_per_s:,.0f} tokens/s")
+        stage = s.engine_label if s.stage else "plain data parallel (no ZeRO)"
+        reasons.append(f"{stage} is the fastest engine that fits: {chosen.throughput.tokens_per_s:,.0f} tokens/s")
     else:
         reasons.append(f"expected speed {chosen.throughput.tokens_per_s:,.0f} tokens/s")
     reasons.append(

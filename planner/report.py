@@ -21,6 +21,7 @@ def gib(x: float) -> float:
 
 def setup_json(s: Setup) -> dict[str, Any]:
     out = asdict(s)
+    out["engine"] = s.engine  # ddp, deepspeed or fsdp
     if not s.adapters:
         for key in ("lora_rank", "lora_targets", "lora_dropout", "dora"):
             out.pop(key)
@@ -84,6 +85,8 @@ def alternative_json(alt: Alternative) -> dict[str, Any]:
     return {
         "tuner": alt.tuner,
         "zero": alt.zero,
+        "fsdp": alt.fsdp,
+        "engine": alt.engine,
         "fits": alt.fits,
         "reason": alt.reason,
         "setup": setup_json(c.setup) if c else None,

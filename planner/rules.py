@@ -66,21 +66,39 @@ def refusals(arch: Architecture, setup: Setup, cluster: Cluster) -> list[Refusal
             "ZeRO-3 cannot partition bitsandbytes 4-bit weights here; use --zero 2 "
             "(QLoRA's frozen base is small enough to replicate)",
         )
-    if setup.tuner == "qlora" and setup.offload != "none":
-        refuse("qlora-offload", "QLoRA keeps only adapter states; offloading them saves nothing. Use --offload none")
+    if setup.tuner == "qlora" and setup.offload != "none" and not setup.is_fsdp:
+        refuse(
+            "qlora-offload",
+            "DeepSpeed's offload moves optimizer states, and QLoRA keeps only the adapters': it saves nothing. "
+            "Use --offload none, or --fsdp full_shard --offload optimizer+params to move the 4-bit base to the CPU",
+        )
     if setup.tuner == "lisa" and setup.zero > 0:
         refuse(
             "lisa-zero",
             "LISA changes which layers train every few steps, but DeepSpeed ZeRO builds its "
             "optimizer partitions once at start; use --zero 0 (plain data parallel)",
         )
-    if setup.offload != "none" and setup.zero == 0:
+    if setup.offload != "none" and setup.stage == 0:
         refuse(
             "offload-needs-zero",
-            "CPU offload is a DeepSpeed ZeRO feature; add --zero 2 (optimizer) or --zero 3 (optimizer+params)",
+            "CPU offload needs a sharding engine; add --zero 2 (optimizer) or --zero 3 (optimizer+params), "
+            "or --fsdp full_shard with --offload optimizer+params",
         )
-    if setup.offload == "optimizer+params" and setup.zero != 3:
-        refuse("param-offload-needs-zero3", "parameter offload needs --zero 3")
+    if setup.offload == "optimizer+params" and setup.zero not in (0, 3):
+        refuse("param-offload-needs-zero3", "parameter offload needs --zero 3 (or --fsdp full_shard)")
+    if setup.tuner == "lisa" and setup.is_fsdp:
+        refuse(
+            "lisa-fsdp",
+            "LISA switches which layers train by changing requires_grad and the optimizer's groups every few "
+            "steps; FSDP2 shards parameters into DTensors and groups them once when it wraps the model. "
+            "Use plain data parallel (no --fsdp) for LISA",
+        )
+    if setup.optim in ("adamw-8bit", "paged-adamw-8bit") and setup.is_fsdp:
+        refuse(
+            "8bit-optim-fsdp",
+            "bitsandbytes 8-bit optimizers quantize plain tensors blockwise, not FSDP's sharded DTensors; "
+            "use --optim adamw with --fsdp",
+        )
     if setup.optim in ("adamw-8bit", "paged-adamw-8bit") and setup.zero > 0:
         refuse(
             "8bit-optim-zero",
@@ -107,8 +125,11 @@ def warnings(arch: Architecture, setup: Setup, cluster: Cluster) -> list[str]:
             f"--seq-len {setup.seq_len} is beyond the model's {arch.max_position} trained positions; "
             "quality may drop without RoPE scaling"
         )
-    if setup.zero > 0 and cluster.world == 1 and setup.offload == "none":
-        out.append("ZeRO on a single GPU shards nothing; it only helps together with --offload")
+    if setup.stage > 0 and cluster.world == 1 and setup.offload == "none":
+        engine = "FSDP" if setup.is_fsdp else "ZeRO"
+        out.append(f"{engine} on a single GPU shards nothing; it only helps together with --offload")
+    if setup.fsdp == "hybrid_shard" and cluster.nodes == 1:
+        out.append("hybrid_shard on one node is full_shard (it replicates only across nodes)")
     if setup.attn == "eager" and cluster.gpu.flash_attention and setup.precision != "fp32":
         out.append("eager attention keeps heads x seq^2 scores per layer; sdpa or flash use far less memory")
     if setup.tuner == "qlora" and setup.precision == "fp32":

@@ -11,6 +11,10 @@ PRECISIONS = ("bf16-true", "bf16-mixed", "fp16-mixed", "fp32")
 OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "paged-adamw", "sgd", "adafactor")
 OFFLOADS = ("none", "optimizer", "optimizer+params")
 ATTENTIONS = ("flash", "sdpa", "eager")
+FSDP_MODES = ("none", "full_shard", "shard_grad_op", "hybrid_shard")
+"""PyTorch FSDP sharding strategies, by the names HF Trainer and accelerate use."""
+FSDP_STAGE = {"none": 0, "full_shard": 3, "shard_grad_op": 2, "hybrid_shard": 3}
+"""What each strategy shards, in ZeRO terms: parameters (3), gradients (2), optimizer states (1+)."""
 QUANTS = ("nf4", "int8")
 
 
@@ -39,7 +43,12 @@ class Setup:
     `fp32`: everything in fp32."""
     optim: str = "adamw"
     zero: int = 0
-    """DeepSpeed ZeRO stage; 0 is plain data parallel (DDP)."""
+    """DeepSpeed ZeRO stage; 0 is plain data parallel (DDP) unless `fsdp` is set."""
+    fsdp: str = "none"
+    """PyTorch FSDP (FSDP2 `fully_shard`, as accelerate applies it) instead of DeepSpeed: `full_shard`
+    shards parameters, gradients and optimizer states over every GPU; `shard_grad_op` keeps the
+    parameters whole between forward and backward; `hybrid_shard` shards within a node and
+    replicates across nodes. With `offload` `optimizer+params`: FSDP's CPU offload."""
     offload: str = "none"
     micro_batch: int = 1
     seq_len: int = 2048
@@ -69,6 +78,17 @@ class Setup:
         _choice("--quant", self.quant, QUANTS)
         if self.zero not in (0, 1, 2, 3):
             raise SetupError(f"--zero must be 0, 1, 2 or 3, got {self.zero!r}")
+        _choice("--fsdp", self.fsdp, FSDP_MODES)
+        if self.fsdp != "none" and self.zero:
+            raise SetupError(
+                f"--fsdp {self.fsdp} and --zero {self.zero} are two sharding engines "
+                "(PyTorch FSDP, DeepSpeed); choose one"
+            )
+        if self.fsdp != "none" and self.offload == "optimizer":
+            raise SetupError(
+                "FSDP's CPU offload moves parameters, gradients and optimizer states together: "
+                "use --offload optimizer+params (or --zero 2 --offload optimizer for DeepSpeed's)"
+            )
         _positive("--micro-batch", self.micro_batch)
         _positive("--seq-len", self.seq_len, 2)
         _positive("--lora-rank", self.lora_rank)
@@ -93,6 +113,20 @@ class Setup:
         return self.zero > 0
 
     @property
+    def is_fsdp(self) -> bool:
+        return self.fsdp != "none"
+
+    @property
+    def stage(self) -> int:
+        """What is sharded, in ZeRO terms, whichever engine shards it (0: nothing, plain DDP)."""
+        return self.zero or FSDP_STAGE[self.fsdp]
+
+    @property
+    def engine(self) -> str:
+        """`ddp`, `deepspeed` or `fsdp`."""
+        return "deepspeed" if self.zero else "fsdp" if self.is_fsdp else "ddp"
+
+    @property
     def grads_persist(self) -> bool:
         """Gradients outlive the backward pass (accumulation over several micro-batches)."""
         return self.grad_accum is None or self.grad_accum > 1
@@ -106,7 +140,7 @@ class Setup:
             bits.append(f"{self.lisa_layers} layers at a time")
         if self.tuner == "freeze":
             bits.append(f"top {self.trainable_layers} layers")
-        bits += [f"ZeRO-{self.zero}" if self.zero else "no ZeRO", self.precision, self.optim]
+        bits += [self.engine_label, self.precision, self.optim]
         if self.offload != "none":
             bits.append(f"offload {self.offload}")
         bits += [
@@ -117,6 +151,13 @@ class Setup:
         if self.grad_accum:
             bits.append(f"grad-accum {self.grad_accum}")
         return " · ".join(bits)
+
+    @property
+    def engine_label(self) -> str:
+        """`ZeRO-2`, `FSDP full_shard` or `no ZeRO`."""
+        if self.zero:
+            return f"ZeRO-{self.zero}"
+        return f"FSDP {self.fsdp}" if self.is_fsdp else "no ZeRO"
 
     def but(self, **changes: object) -> "Setup":
         """A copy with some fields changed (validated again)."""

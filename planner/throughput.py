@@ -73,7 +73,7 @@ def estimate_throughput(
     mfu = MFU[setup.attn] * tokens / (tokens + 512)  # short micro-batches underfill the GPU
     if setup.tuner == "qlora":
         mfu *= QUANT_SLOWDOWN[setup.quant]
-    if setup.zero == 3:
+    if setup.stage == 3:  # ZeRO-3 or FSDP full/hybrid shard: parameters gathered every pass
         mfu *= ZERO3_EFFICIENCY
     compute = fpt * tokens / (peak * mfu)
     accum = setup.grad_accum or max(1, (global_batch or 64) // (setup.micro_batch * cluster.world))
@@ -104,7 +104,7 @@ def _comm_seconds(arch: Architecture, setup: Setup, cluster: Cluster, pr: Params
     grad_bytes = trainable * (2 if setup.precision != "fp32" else 4)
     per_step = ring * grad_bytes / _bandwidth(cluster)
     per_micro = 0.0
-    if setup.zero == 3:
+    if setup.stage == 3:
         gathers = 3 if setup.grad_ckpt else 2  # forward, backward (and the recompute)
         per_micro = gathers * (n - 1) / n * arch.params * 2 / _bandwidth(cluster)
     return per_micro + per_step / accum

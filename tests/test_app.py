@@ -170,8 +170,8 @@ async def test_an_alternative_that_needs_more_memory_at_a_higher_zero_stage_show
         assert [str(c.label) for c in table.columns.values()][:5] == ["tuner", "ZeRO", "fits", "micro-batch", "GiB"]
         rows = {(str(r[0]), str(r[1])): r for r in (table.get_row_at(i) for i in range(table.row_count))}
         for alt in planner.outcome.plan.recommendation.alternatives:
-            if (alt.tuner, str(alt.zero)) in rows and alt.candidate and alt.candidate.refusal is None:
-                assert rows[alt.tuner, str(alt.zero)][3] == str(alt.candidate.setup.micro_batch)
+            if (alt.tuner, alt.engine) in rows and alt.candidate and alt.candidate.refusal is None:
+                assert rows[alt.tuner, alt.engine][3] == str(alt.candidate.setup.micro_batch)
         one, two = rows["full", "1"], rows["full", "2"]
         assert float(two[4]) > float(one[4]) and int(two[3]) > int(one[3])  # more memory: a bigger micro-batch
         refused = next(r for r in rows.values() if str(r[6]).startswith("refused"))
@@ -184,13 +184,13 @@ def test_ftui_plan_shows_the_same_micro_batch_column(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     args = ["plan", "--model", "qwen2.5-7b", "--gpus", "8", "--gpu", "h100-80g"]
     assert main([*args, "--json"]) == 0
-    planned = {(a["tuner"], str(a["zero"])): a["setup"] for a in json.loads(capsys.readouterr().out)["alternatives"]}
+    planned = {(a["tuner"], a["engine"]): a["setup"] for a in json.loads(capsys.readouterr().out)["alternatives"]}
     assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("tuner"))
     assert lines[header].split()[:5] == ["tuner", "ZeRO", "fits", "micro-batch", "GiB/GPU"]
     rows = [line.split() for line in lines[header + 1 :] if line.split()[:1] == ["full"]]
-    assert len(rows) == 4
+    assert len(rows) == 5  # ZeRO 0-3 and FSDP
     for tuner, zero, _, micro_batch, *_ in rows:
         assert micro_batch == str(planned[tuner, zero]["micro_batch"])
 

@@ -72,9 +72,9 @@ def test_plan_json_recommendation_contract(capsys):
     check_estimate(rec["estimate"])
     assert rec["estimate"]["fits"] is True
     alts = doc["alternatives"]
-    assert len(alts) == 20
-    assert {(a["tuner"], a["zero"]) for a in alts} == {
-        (t, z) for t in ("full", "freeze", "lora", "qlora", "lisa") for z in range(4)
+    assert len(alts) == 25
+    assert {(a["tuner"], a["engine"]) for a in alts} == {
+        (t, z) for t in ("full", "freeze", "lora", "qlora", "lisa") for z in ("0", "1", "2", "3", "fsdp")
     }
     assert all(a["reason"] for a in alts)
 

@@ -60,12 +60,13 @@ def test_t4_never_uses_bf16_or_flash_attention(rec_7b_t4):
 @pytest.mark.parametrize("which", ["rec_7b_8xa100", "rec_qwen_4090", "rec_7b_t4"])
 def test_alternatives_cover_every_tuner_and_zero_stage_with_reasons(which, request):
     rec = request.getfixturevalue(which)
-    rows = [(a.tuner, a.zero) for a in rec.alternatives]
-    assert len(rows) == 20
-    assert set(rows) == {(t, z) for t in TUNERS for z in range(4)}
+    rows = [(a.tuner, a.engine) for a in rec.alternatives]
+    assert len(rows) == 25
+    assert set(rows) == {(t, z) for t in TUNERS for z in ("0", "1", "2", "3", "fsdp")}
     chosen = [a for a in rec.alternatives if a.reason == "chosen"]
     assert len(chosen) == 1
-    assert (chosen[0].tuner, chosen[0].zero) == (rec.chosen.setup.tuner, rec.chosen.setup.zero)
+    picked = rec.chosen.setup
+    assert (chosen[0].tuner, chosen[0].engine) == (picked.tuner, "fsdp" if picked.is_fsdp else str(picked.zero))
     for alt in rec.alternatives:
         assert alt.reason.strip(), alt
         if alt.reason != "chosen" and not alt.fits:

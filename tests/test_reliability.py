@@ -88,6 +88,8 @@ def test_an_orphaned_trainer_keeps_the_run_running_and_refuses_a_resume(tmp_path
         with pytest.raises(RunError, match="already running"):
             resume_run(run)
         assert len(run.launches()) == 1
+        assert request_stop(run) == "requested"  # stop reaches it (it reads stop.request), not "nothing to stop"
+        assert run.stop_request.exists()
     finally:
         orphan.kill()
         orphan.wait()

@@ -11,7 +11,7 @@ import sys
 from planner import Cluster, Setup, SetupError, UnknownModel, generic_gpu, gpu_spec, make_plan, resolve_model
 from planner.catalog import UnreadableModel, entries
 from planner.gpus import GPUS, GpuSpec, match_nvml_name
-from planner.setup import ATTENTIONS, OFFLOADS, OPTIMIZERS, PRECISIONS, QUANTS, TUNERS
+from planner.setup import ATTENTIONS, FSDP_MODES, OFFLOADS, OPTIMIZERS, PRECISIONS, QUANTS, TUNERS
 
 from . import plan_view
 from .errors import CliError
@@ -27,7 +27,7 @@ EPILOG = """examples:
 EXAMPLE_GPU = "a100-80g"
 """Planned for, with a note on stderr, when no GPU is given and NVML finds none here."""
 
-SEARCHED = ("precision", "optim", "zero", "offload", "grad_ckpt", "attn", "micro_batch")
+SEARCHED = ("precision", "optim", "zero", "fsdp", "offload", "grad_ckpt", "attn", "micro_batch")
 """Flags the recommender searches unless the user fixes them."""
 
 
@@ -63,6 +63,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", type=_canonical, choices=PRECISIONS)
     p.add_argument("--optim", type=_optimizer, choices=OPTIMIZERS)
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), help="DeepSpeed ZeRO stage (0 = plain DDP)")
+    p.add_argument(
+        "--fsdp",
+        choices=FSDP_MODES,
+        help="PyTorch FSDP instead of DeepSpeed: full_shard, shard_grad_op or hybrid_shard (none = not FSDP); "
+        "with --offload optimizer+params, FSDP's CPU offload",
+    )
     p.add_argument("--offload", choices=OFFLOADS)
     p.add_argument("--micro-batch", type=_positive_int, metavar="B", help="sequences per GPU per step (default 1)")
     p.add_argument("--seq-len", type=_positive_int, metavar="L", help="tokens per sequence (default 2048)")
@@ -189,6 +195,7 @@ def build_setup(args: argparse.Namespace, cluster: Cluster, seq_len: int) -> tup
         precision="bf16-true" if gpu.bf16 else "fp16-mixed",
         optim="adamw",
         zero=0,
+        fsdp="none",
         offload="none",
         grad_ckpt=True,
         attn="flash" if gpu.flash_attention else "sdpa",

@@ -138,7 +138,7 @@ def alternative_rows(alts) -> list[tuple[str, str, str, str, str, str, str]]:
     rows = []
     for group in merge_refusals(list(alts)):
         a, c = group[0], group[0].candidate
-        stages = str(a.zero) if len(group) == 1 else f"{group[0].zero}-{group[-1].zero}"
+        stages = a.engine if len(group) == 1 else f"{group[0].zero}-{group[-1].zero}"
         planned = c is not None and c.refusal is None
         rows.append(
             (
@@ -164,6 +164,7 @@ def merge_refusals(alts: list[Alternative]) -> list[list[Alternative]]:
             and a.reason.startswith("refused")
             and a.reason == last.reason
             and a.tuner == last.tuner
+            and a.fsdp == last.fsdp == "none"
             and a.zero == last.zero + 1
         ):
             groups[-1].append(a)

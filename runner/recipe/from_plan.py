@@ -10,7 +10,7 @@ import yaml
 from planner import Cluster, Setup
 from planner.catalog import ModelEntry
 
-from .schema import AUTO, Recipe, apply_overrides, to_dict, validate
+from .schema import AUTO, Recipe, RecipeError, apply_overrides, to_dict, validate
 
 TUNER_SECTIONS = {"lora": ("lora",), "qlora": ("lora", "qlora"), "lisa": ("lisa",), "freeze": ("freeze",)}
 """The tuner sections a recipe needs; the others are left out of the file (defaults apply)."""
@@ -41,6 +41,12 @@ def recipe_from_plan(
 ) -> Recipe:
     """A validated recipe that trains `setup` on `cluster`; `overrides` are `section.key=value`."""
     s = setup
+    if s.is_fsdp:
+        raise RecipeError(
+            "plan",
+            f"{s.engine_label} is planned but `ftui train` launches DeepSpeed ZeRO or plain DDP only so far; "
+            "pick a ZeRO row of the alternatives (ZeRO-3 shards like full_shard)",
+        )
     recipe = Recipe()
     recipe = recipe.but(
         model=dataclasses.replace(recipe.model, path=model_reference(model, typed_model)),

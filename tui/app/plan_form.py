@@ -103,7 +103,8 @@ def _namespace(form: PlanForm) -> argparse.Namespace:
         tuner=None if form.tuner == "recommend" else form.tuner,
         precision=choice.get(form.precision, form.precision),
         optim=None,
-        zero=None if form.zero == AUTO else int(form.zero),
+        zero=None if form.zero in (AUTO, "fsdp") else int(form.zero),
+        fsdp="full_shard" if form.zero == "fsdp" else None,  # the ZeRO field's last choice: FSDP full_shard
         offload=choice.get(form.offload, form.offload),
         grad_ckpt={AUTO: None, "on": True, "off": False}[form.grad_ckpt],
         attn=None,

@@ -38,7 +38,7 @@ PART_STYLE = {
 }
 SELECTS = {
     "f-tuner": [("recommend", "recommend")] + [(t, t) for t in TUNERS],
-    "f-zero": [(AUTO, AUTO)] + [(str(z), str(z)) for z in range(4)],
+    "f-zero": [(AUTO, AUTO)] + [(str(z), str(z)) for z in range(4)] + [("fsdp", "fsdp")],
     "f-offload": [(AUTO, AUTO)] + [(o, o) for o in OFFLOADS],
     "f-ckpt": [(AUTO, AUTO), ("on", "on"), ("off", "off")],
     "f-precision": [(AUTO, AUTO)] + [(p, p) for p in PRECISIONS],
