@@ -127,3 +127,15 @@ def test_ftui_plan_fsdp_json_says_the_engine_and_the_table_shows_fsdp_rows(capsy
     code = main(["plan", "--model", "llama-3.1-8b", "--zero", "2", "--fsdp", "full_shard"])
     err = capsys.readouterr().err
     assert code == 2 and "two sharding engines" in err and "Traceback" not in err
+
+
+def test_a_recipe_from_an_fsdp_plan_launches_fsdp_and_hybrid_shard_is_refused_with_the_reason():
+    from runner.recipe.from_plan import recipe_from_plan
+    from runner.recipe.schema import RecipeError
+
+    model = resolve_model("llama-3.1-8b")
+    c = cluster()
+    recipe = recipe_from_plan(model, "llama-3.1-8b", Setup(tuner="lora", fsdp="full_shard"), c, dataset="d.jsonl")
+    assert recipe.distributed.fsdp == "full_shard" and recipe.distributed.zero == 0
+    with pytest.raises(RecipeError, match="hybrid_shard"):
+        recipe_from_plan(model, "llama-3.1-8b", Setup(tuner="lora", fsdp="hybrid_shard"), c, dataset="d.jsonl")

@@ -200,3 +200,29 @@ def test_auto_zero_is_the_lowest_stage_the_planner_says_fits():
     two_l4 = Machine(gpu_names=("NVIDIA L4",) * 2, gpu_memory_mib=23034, host_ram_bytes=1024 * 2**30)
     on_l4 = resolve(apply_overrides(recipe, ["distributed.gpus=2"]), two_l4)
     assert on_l4.zero == 0 and not verdict(on_l4)[0]  # nothing fits: stage 0, and the plan refuses it
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["distributed.fsdp=full_shard", "distributed.zero=2"], "two sharding engines"),
+        (["distributed.fsdp=hybrid_shard"], "2-D device mesh"),
+        (["distributed.fsdp=full_shard", "distributed.offload=optimizer"], "offload optimizer+params"),
+        (["distributed.fsdp=full_shard", "tuner=lisa"], "FSDP cannot follow"),
+        (["distributed.fsdp=full_shard", "distributed.launcher=deepspeed"], "not the deepspeed launcher"),
+        (["distributed.fsdp=zero3"], "choose one of: none, full_shard, shard_grad_op, hybrid_shard"),
+    ],
+)
+def test_fsdp_settings_the_runner_cannot_launch_are_refused_by_name(sets, message):
+    with pytest.raises(RecipeError) as err:
+        validate(apply_overrides(parse_recipe(MINIMAL, "r.yaml"), sets))
+    assert message in str(err.value)
+
+
+def test_an_fsdp_recipe_with_cpu_offload_is_accepted_and_plans_fsdp():
+    r = validate(
+        apply_overrides(
+            parse_recipe(MINIMAL, "r.yaml"), ["distributed.fsdp=full_shard", "distributed.offload=optimizer+params"]
+        )
+    )
+    assert r.distributed.fsdp == "full_shard" and r.distributed.offload == "optimizer+params"

@@ -41,11 +41,11 @@ def recipe_from_plan(
 ) -> Recipe:
     """A validated recipe that trains `setup` on `cluster`; `overrides` are `section.key=value`."""
     s = setup
-    if s.is_fsdp:
+    if s.fsdp == "hybrid_shard":
         raise RecipeError(
             "plan",
-            f"{s.engine_label} is planned but `ftui train` launches DeepSpeed ZeRO or plain DDP only so far; "
-            "pick a ZeRO row of the alternatives (ZeRO-3 shards like full_shard)",
+            "FSDP hybrid_shard is planned but `ftui train` does not launch it yet (it needs a 2-D device mesh); "
+            "plan --fsdp full_shard",
         )
     recipe = Recipe()
     recipe = recipe.but(
@@ -75,7 +75,12 @@ def recipe_from_plan(
             optim=s.optim,
         ),
         distributed=dataclasses.replace(
-            recipe.distributed, gpus=cluster.gpus_per_node, nodes=cluster.nodes, zero=s.zero, offload=s.offload
+            recipe.distributed,
+            gpus=cluster.gpus_per_node,
+            nodes=cluster.nodes,
+            zero=s.zero,
+            fsdp=s.fsdp,
+            offload=s.offload,
         ),
         output=dataclasses.replace(recipe.output, dir=output_dir, name=name),
     )

@@ -79,6 +79,8 @@ class RunSettings:
     plan: Estimate | None
     """The planner's estimate on the target GPUs (None on CPU-only runs)."""
     notes: tuple[str, ...] = ()
+    fsdp: str = "none"
+    """FSDP strategy (none: DeepSpeed ZeRO per `zero`, or plain DDP)."""
 
     @property
     def world(self) -> int:
@@ -106,6 +108,7 @@ class RunSettings:
             nodes=self.nodes,
             node_rank=self.node_rank,
             zero=self.zero,
+            fsdp=self.fsdp,
             offload=self.offload,
             launcher=self.launcher,
             device=self.device,
@@ -134,6 +137,7 @@ def planner_setup(
         precision=precision,
         optim=recipe.train.optim,
         zero=zero,
+        fsdp=recipe.distributed.fsdp,
         offload=offload,
         micro_batch=micro_batch,
         seq_len=seq_len,
@@ -196,7 +200,9 @@ def resolve(recipe: Recipe, machine: Machine, *, gpu: str | None = None) -> RunS
             else ("flash" if spec.flash_attention and machine.flash_attn_installed else usable_attn(arch, "sdpa"))
         )
     grad_ckpt = t.grad_ckpt if t.grad_ckpt != AUTO else device == "cuda"
-    if d.zero != AUTO:
+    if d.fsdp != "none":
+        zero = 0
+    elif d.zero != AUTO:
         zero = d.zero
     elif device == "cuda":
         zero = _lowest_fitting_zero(recipe, arch, cluster, precision, attn, grad_ckpt, seq_len)
@@ -228,7 +234,7 @@ def resolve(recipe: Recipe, machine: Machine, *, gpu: str | None = None) -> RunS
     world = gpus * d.nodes
     grad_accum = t.grad_accum if t.grad_accum != AUTO else max(1, math.ceil(t.global_batch / (micro_batch * world)))
     lr = t.lr if t.lr != AUTO else LEARNING_RATES[recipe.tuner]
-    launcher = d.launcher if d.launcher != AUTO else _launcher(zero, world)
+    launcher = d.launcher if d.launcher != AUTO else _launcher(zero, world, d.fsdp)
     try:
         setup = base.but(micro_batch=micro_batch, grad_accum=grad_accum)
     except SetupError as err:
@@ -256,6 +262,7 @@ def resolve(recipe: Recipe, machine: Machine, *, gpu: str | None = None) -> RunS
         seq_len,
         plan,
         notes,
+        d.fsdp,
     )
 
 
@@ -285,10 +292,10 @@ def _lowest_fitting_zero(
     return 0
 
 
-def _launcher(zero: int, world: int) -> str:
+def _launcher(zero: int, world: int, fsdp: str = "none") -> str:
     if zero > 0:
         return "deepspeed"
-    return "torchrun" if world > 1 else "python"
+    return "torchrun" if world > 1 or fsdp != "none" else "python"
 
 
 def verdict(settings: RunSettings) -> tuple[bool, list[str]]:

@@ -117,6 +117,9 @@ class DistributedSection:
     nodes: int = 1
     node_rank: int = 0
     zero: Union[int, str] = AUTO
+    fsdp: str = "none"
+    """PyTorch FSDP instead of DeepSpeed: none | full_shard | shard_grad_op (FSDP2 through HF Trainer
+    and accelerate; offload optimizer+params is its CPU offload)."""
     offload: str = "none"
     launcher: str = AUTO
     """auto | python | torchrun | accelerate | deepspeed."""
@@ -184,6 +187,7 @@ CHOICES = {
     "train.optim": ("adamw", "adamw-8bit", "paged-adamw-8bit", "paged-adamw", "sgd", "adafactor"),
     "train.report_to": ("none", "tensorboard", "wandb"),
     "distributed.offload": ("none", "optimizer", "optimizer+params"),
+    "distributed.fsdp": ("none", "full_shard", "shard_grad_op", "hybrid_shard"),
     "distributed.launcher": (AUTO, "python", "torchrun", "accelerate", "deepspeed"),
     "distributed.device": (AUTO, "cuda", "cpu"),
 }
@@ -383,9 +387,28 @@ def validate(recipe: Recipe) -> Recipe:
         raise RecipeError(src, "distributed.gpus must be at least 1 or auto")
     if d.nodes < 1 or not 0 <= d.node_rank < d.nodes:
         raise RecipeError(src, f"distributed.node_rank {d.node_rank} must be in [0, nodes={d.nodes})")
-    if d.offload != "none" and d.zero in (0,):
+    if d.fsdp != "none":
+        if d.zero not in (0, AUTO):
+            raise RecipeError(
+                src, f"distributed.fsdp {d.fsdp} and distributed.zero {d.zero} are two sharding engines; set one"
+            )
+        if d.fsdp == "hybrid_shard":
+            raise RecipeError(
+                src,
+                "distributed.fsdp hybrid_shard is planned (ftui plan --fsdp hybrid_shard) but not launched yet: "
+                "it needs a 2-D device mesh; use full_shard",
+            )
+        if d.offload == "optimizer":
+            raise RecipeError(
+                src, "FSDP offloads parameters, gradients and optimizer states together: use offload optimizer+params"
+            )
+        if recipe.tuner == "lisa":
+            raise RecipeError(src, "LISA changes its trained layers every few steps; FSDP cannot follow. Use fsdp none")
+        if d.launcher == "deepspeed":
+            raise RecipeError(src, "distributed.fsdp runs through torchrun or accelerate, not the deepspeed launcher")
+    elif d.offload != "none" and d.zero in (0,):
         raise RecipeError(src, "distributed.offload needs DeepSpeed: set distributed.zero to 2 or 3 (or auto)")
-    if d.offload == "optimizer+params" and d.zero not in (3, AUTO):
+    if d.offload == "optimizer+params" and d.zero not in (3, AUTO) and d.fsdp == "none":
         raise RecipeError(src, "distributed.offload optimizer+params needs distributed.zero 3")
     if recipe.tuner == "lisa" and d.zero not in (0, AUTO):
         raise RecipeError(

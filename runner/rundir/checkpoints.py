@@ -125,6 +125,29 @@ def _rng_missing(ckpt: Path, world: int) -> list[str]:
     return ["rng_state.pth"]
 
 
+def _fsdp_missing(ckpt: Path, world: int) -> list[str]:
+    """FSDP sharded state dicts (HF Trainer with SHARDED_STATE_DICT, torch.distributed.checkpoint):
+    pytorch_model_fsdp_0/ and optimizer_0/, each with a .metadata file and one __<rank>_0.distcp
+    per rank of the world that saved it."""
+    missing = []
+    for part in ("pytorch_model_fsdp_0", "optimizer_0"):
+        shards = ckpt / part
+        if not shards.is_dir():
+            missing.append(f"{part}/")
+            continue
+        if not (shards / ".metadata").is_file():
+            missing.append(f"{part}/.metadata")
+        missing += [f"{part}/ shard of rank {r}" for r in range(world) if not (shards / f"__{r}_0.distcp").is_file()]
+    saved = {
+        int(m.group(1))
+        for p in (ckpt / "pytorch_model_fsdp_0").glob("__*_0.distcp")
+        if (m := re.match(r"__(\d+)_0", p.name))
+    }
+    if saved and max(saved) >= world:
+        missing.append(f"a resume with {max(saved) + 1} processes (saved by {max(saved) + 1}, resuming with {world})")
+    return missing
+
+
 def _plain_missing(ckpt: Path, world: int) -> list[str]:
     return [name for name in ("optimizer.pt", "scheduler.pt") if not (ckpt / name).is_file()]
 
@@ -136,11 +159,12 @@ def inspect_checkpoint(ckpt: Path, world: int, require_marker: bool = False) -> 
     step = int(match.group(1)) if match else -1
     missing = _marker_missing(ckpt) if require_marker or (ckpt / MARKER).exists() else []
     missing += [] if (ckpt / "trainer_state.json").is_file() else ["trainer_state.json"]
-    missing += _model_missing(ckpt)
-    if (ckpt / "latest").is_file():
-        missing += _deepspeed_missing(ckpt, world)
+    if (ckpt / "pytorch_model_fsdp_0").is_dir() or (ckpt / "optimizer_0").is_dir():
+        missing += _fsdp_missing(ckpt, world) + [n for n in ("scheduler.pt",) if not (ckpt / n).is_file()]
+    elif (ckpt / "latest").is_file():
+        missing += _model_missing(ckpt) + _deepspeed_missing(ckpt, world)
     else:
-        missing += _plain_missing(ckpt, world)
+        missing += _model_missing(ckpt) + _plain_missing(ckpt, world)
     missing += _rng_missing(ckpt, world)
     return CheckpointReport(ckpt, step, tuple(missing))
 

@@ -66,11 +66,17 @@ def quantization(recipe: Recipe):
 
     if recipe.qlora.quant == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
+    extra = {}
+    if recipe.distributed.fsdp != "none":
+        # FSDP shards floating-point parameters only: 4-bit weights stored in the compute dtype can be
+        # sharded (accelerate leaves uint8-stored Params4bit out of FSDP, replicated on every rank).
+        extra["bnb_4bit_quant_storage"] = model_dtype(recipe)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_compute_dtype=model_dtype(recipe),
         bnb_4bit_use_double_quant=recipe.qlora.double_quant,
+        **extra,
     )
 
 
@@ -216,6 +222,7 @@ def training_arguments(recipe: Recipe, run: RunDir, has_eval: bool):
         report_to=[] if t.report_to == "none" else [t.report_to],
         **_checkpointing(t.grad_ckpt),
         deepspeed=str(run.path / "ds_config.json") if d.zero > 0 else None,
+        **_fsdp(recipe),
         ddp_backend="gloo" if cpu and world() > 1 else None,
         use_cpu=cpu,
         dataloader_num_workers=0,
@@ -223,6 +230,25 @@ def training_arguments(recipe: Recipe, run: RunDir, has_eval: bool):
         ddp_find_unused_parameters=(recipe.tuner == "lisa") if world() > 1 else None,
         disable_tqdm=True,
     )
+
+
+def _fsdp(recipe: Recipe) -> dict[str, Any]:
+    """HF Trainer's FSDP arguments: FSDP2, one unit per decoder layer (the model's _no_split_modules,
+    accelerate's transformer_based_wrap default), sharded checkpoints (every rank writes its own
+    shard, so save and resume need no gather), CPU offload for offload optimizer+params."""
+    d = recipe.distributed
+    if d.fsdp == "none":
+        return {}
+    return {
+        "fsdp": True,
+        "fsdp_config": {
+            "version": 2,
+            "reshard_after_forward": d.fsdp != "shard_grad_op",
+            "cpu_offload": d.offload == "optimizer+params",
+            "state_dict_type": "SHARDED_STATE_DICT",
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        },
+    }
 
 
 def _accepts(name: str) -> bool:
@@ -285,7 +311,12 @@ def build_trainer(recipe: Recipe, run: RunDir):
         *tuner_callbacks(model, recipe),
     ]
     args = training_arguments(recipe, run, eval_ds is not None)
-    return Trainer(
+    trainer_class = (
+        _cpu_fsdp_trainer(Trainer)
+        if recipe.distributed.fsdp != "none" and recipe.distributed.device == "cpu"
+        else Trainer
+    )
+    return trainer_class(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -296,6 +327,29 @@ def build_trainer(recipe: Recipe, run: RunDir):
     )
 
 
+def _cpu_fsdp_trainer(trainer_class):
+    """HF Trainer that takes FSDP on the CPU as it does on GPUs.
+
+    accelerate enters FSDP mode only for GPU-like distributed types (AcceleratorState: the FSDP
+    branch covers MULTI_GPU/NPU/XPU/..., not MULTI_CPU), so with use_cpu=True it silently trains
+    plain DDP. Here the accelerator gets the FSDP plugin HF built from the same arguments and the
+    FSDP distributed type, as on a GPU; from then on accelerate's fsdp2_prepare_model, torch's
+    fully_shard over gloo and HF's sharded checkpointing run unchanged. Only what is CUDA-specific
+    (NCCL, mixed-precision casts on the device, CPU offload's pinned copies) is left to a GPU run."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    class CpuFsdpTrainer(trainer_class):
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            state = self.accelerator.state
+            if getattr(state, "fsdp_plugin", None) is None and self.args.fsdp_plugin_args is not None:
+                state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+                state.distributed_type = DistributedType.FSDP
+                self.is_fsdp_enabled = True
+
+    return CpuFsdpTrainer
+
+
 def train(run: RunDir, resume_from: str | None) -> int:
     from .callbacks import write_final_status
 
@@ -303,7 +357,9 @@ def train(run: RunDir, resume_from: str | None) -> int:
     trainer = build_trainer(recipe, run)
     trainer.train(resume_from_checkpoint=resume_from)
     stopped = run.stop_request.exists()
-    if not stopped:
+    if not stopped and not trainer.is_fsdp_enabled:
+        # FSDP saves sharded state dicts (HF's save_model writes nothing for them): the final model is
+        # the last checkpoint, one shard per rank; consolidating it is the export's job.
         trainer.save_model(str(run.path / "final"))
     write_final_status(run, run.plan)
     if rank() == 0:
