@@ -371,6 +371,8 @@ def test_fsdp_full_shard_on_two_cpu_processes_trains_and_saves_every_ranks_shard
     assert {p.name for p in (ckpt / "pytorch_model_fsdp_0").glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
     assert not (ckpt / "model.safetensors").exists() and not (ckpt / "adapter_model.safetensors").exists()
     assert not inspect_checkpoint(ckpt, world=1, require_marker=True).complete  # saved by 2 ranks, not 1
+    final = run.path / "final"  # gathered into one full state dict other tools load
+    assert (final / ("model.safetensors" if tuner == "full" else "adapter_model.safetensors")).is_file()
     assert [m["step"] for m in metrics(run) if m.get("loss") is not None][-1] == 12
 
 

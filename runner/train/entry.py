@@ -336,6 +336,7 @@ def _cpu_fsdp_trainer(trainer_class):
     FSDP distributed type, as on a GPU; from then on accelerate's fsdp2_prepare_model, torch's
     fully_shard over gloo and HF's sharded checkpointing run unchanged. Only what is CUDA-specific
     (NCCL, mixed-precision casts on the device, CPU offload's pinned copies) is left to a GPU run."""
+    from accelerate.state import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     class CpuFsdpTrainer(trainer_class):
@@ -345,6 +346,7 @@ def _cpu_fsdp_trainer(trainer_class):
             if getattr(state, "fsdp_plugin", None) is None and self.args.fsdp_plugin_args is not None:
                 state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
                 state.distributed_type = DistributedType.FSDP
+                PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as AcceleratorState mirrors it
                 self.is_fsdp_enabled = True
 
     return CpuFsdpTrainer
@@ -357,9 +359,11 @@ def train(run: RunDir, resume_from: str | None) -> int:
     trainer = build_trainer(recipe, run)
     trainer.train(resume_from_checkpoint=resume_from)
     stopped = run.stop_request.exists()
-    if not stopped and not trainer.is_fsdp_enabled:
-        # FSDP saves sharded state dicts (HF's save_model writes nothing for them): the final model is
-        # the last checkpoint, one shard per rank; consolidating it is the export's job.
+    if not stopped:
+        if trainer.is_fsdp_enabled:
+            # Checkpoints stay sharded (each rank writes its own); the final model is gathered into one
+            # full state dict that other tools load (HF's save_model writes nothing for a sharded one).
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model(str(run.path / "final"))
     write_final_status(run, run.plan)
     if rank() == 0:
