@@ -96,8 +96,8 @@ def refusals(arch: Architecture, setup: Setup, cluster: Cluster) -> list[Refusal
     if setup.optim in ("adamw-8bit", "paged-adamw-8bit") and setup.is_fsdp:
         refuse(
             "8bit-optim-fsdp",
-            "bitsandbytes 8-bit optimizers quantize plain tensors blockwise, not FSDP's sharded DTensors; "
-            "use --optim adamw with --fsdp",
+            "bitsandbytes' 8-bit optimizer kernels update plain tensors through their raw pointers, and FSDP2's "
+            "parameters are DTensors; use --optim adamw with --fsdp",
         )
     if setup.optim in ("adamw-8bit", "paged-adamw-8bit") and setup.zero > 0:
         refuse(

@@ -101,7 +101,11 @@ def test_dropout_keeps_a_one_byte_mask_as_on_cuda():
 
 @pytest.mark.parametrize(
     ("knobs", "why"),
-    [(dict(tuner="qlora", quant="int8"), "int8"), (dict(tuner="full", zero=2, precision="bf16-mixed"), "ZeRO")],
+    [
+        (dict(tuner="qlora", quant="int8"), "int8"),
+        (dict(tuner="full", zero=2, precision="bf16-mixed"), "ZeRO"),
+        (dict(tuner="lora", fsdp="full_shard"), "FSDP is not traced"),
+    ],
 )
 def test_setups_the_trace_cannot_run_say_so(knobs, why):
     with pytest.raises(NotTraceable, match=why):

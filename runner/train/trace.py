@@ -714,6 +714,8 @@ def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) ->
         raise NotTraceable("QLoRA int8 is not traceable (bitsandbytes' 8-bit layers): analytic only")
     if setup.zero or setup.offload != "none":
         raise NotTraceable("DeepSpeed ZeRO and offload are not traced (one process, no DeepSpeed): analytic only")
+    if setup.is_fsdp:
+        raise NotTraceable("FSDP is not traced (the trace runs one process; FSDP shards over several): analytic only")
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
