@@ -89,7 +89,6 @@ def fetch_config(repo_id: str) -> Path:
     try:
         import huggingface_hub
         from huggingface_hub import constants
-        from huggingface_hub import utils as errors  # the errors, in every version
     except ImportError:
         raise HubError(
             f"fetching {repo_id} from the Hugging Face Hub needs huggingface_hub: pip install huggingface_hub"
@@ -101,8 +100,6 @@ def fetch_config(repo_id: str) -> Path:
         if isinstance(cached, str):
             return Path(cached)
         raise _offline_error(repo_id, cache)
-    page = f"{where}/{repo_id}"
-    login = "set HF_TOKEN (or run `hf auth login`)"
     try:
         # One HEAD first, without huggingface_hub's retries: an unreachable hub fails at once, not after
         # half a minute of backoff, and the error says exactly what the hub answered.
@@ -115,67 +112,76 @@ def fetch_config(repo_id: str) -> Path:
         return Path(huggingface_hub.hf_hub_download(repo_id, CONFIG, cache_dir=str(cache), endpoint=where))
     except HubError:
         raise
-    except errors.GatedRepoError:
-        raise HubError(
+    except Exception as err:
+        raise hub_error(err, repo_id, CONFIG, "point --model at a local model directory") from None
+
+
+def hub_error(err: Exception, repo_id: str, what: str, local: str) -> HubError:
+    """The one-line HubError for an exception huggingface_hub raised while fetching `what` of `repo_id`
+    (`local`: the way round the Hub, e.g. "point --model at a local model directory")."""
+    from huggingface_hub import utils as errors
+
+    where = endpoint()
+    cache = hub_cache_dir()
+    page = f"{where}/{repo_id}"
+    login = "set HF_TOKEN (or run `hf auth login`)"
+    if isinstance(err, errors.GatedRepoError):
+        return HubError(
             f"{repo_id} is a gated model: accept its licence on {page} with your account, then {login} "
             "with a token of that account"
-        ) from None
-    except errors.RepositoryNotFoundError:
-        raise HubError(
+        )
+    if isinstance(err, errors.RepositoryNotFoundError):
+        return HubError(
             f"no model {repo_id} on {where} (or it is private): check the id; a private repo needs {login} "
             "with access to it; a local directory of that name does not exist either"
-        ) from None
-    except errors.RevisionNotFoundError:
-        raise HubError(f"{repo_id} on {where} has no main revision; point --model at a local model directory") from None
-    except errors.LocalEntryNotFoundError as err:  # hf_hub_download could not reach the hub after the HEAD did
+        )
+    if isinstance(err, errors.RevisionNotFoundError):
+        return HubError(f"{repo_id} on {where} has no such revision; {local}")
+    if isinstance(err, errors.LocalEntryNotFoundError):  # the hub could not be reached after all
         if isinstance(err.__cause__, errors.OfflineModeIsEnabled):
-            raise _offline_error(repo_id, cache) from None
-        raise HubError(
-            f"cannot download config.json of {repo_id} from {where} (the connection failed); check the network, "
-            "set HF_ENDPOINT to a reachable mirror, or point --model at a local model directory"
-        ) from None
-    except errors.EntryNotFoundError:
-        raise HubError(
-            f"{repo_id} on {where} has no config.json, so it is not a transformers model (GGUF-only and adapter "
+            return _offline_error(repo_id, cache)
+        return HubError(
+            f"cannot download {what} of {repo_id} from {where} (the connection failed); check the network, "
+            f"set HF_ENDPOINT to a reachable mirror, or {local}"
+        )
+    if isinstance(err, errors.EntryNotFoundError):
+        return HubError(
+            f"{repo_id} on {where} has no {what}, so it is not a transformers model (GGUF-only and adapter "
             "repos have none): use the base model's id, or a local model directory with a config.json"
-        ) from None
-    except errors.OfflineModeIsEnabled:
-        raise _offline_error(repo_id, cache) from None
-    except errors.HfHubHTTPError as err:
+        )
+    if isinstance(err, errors.OfflineModeIsEnabled):
+        return _offline_error(repo_id, cache)
+    if isinstance(err, errors.HfHubHTTPError):
         status = getattr(getattr(err, "response", None), "status_code", None)
         if status == 401:
-            raise HubError(
+            return HubError(
                 f"{where} refused the token (401 invalid credentials) for {repo_id}: fix or unset HF_TOKEN, "
                 "or run `hf auth login` again"
-            ) from None
+            )
         if status == 403:
-            raise HubError(
+            return HubError(
                 f"{where} refused access to {repo_id} (403 forbidden): use a token (HF_TOKEN or `hf auth login`) "
                 "that may read this repo"
-            ) from None
+            )
         if status is not None and (status >= 500 or status in (408, 429)):
-            raise HubError(
-                f"{where} answered HTTP {status} for {repo_id}/config.json: try again later, set HF_ENDPOINT "
-                "to another mirror, or point --model at a local model directory"
-            ) from None
-        raise HubError(
-            f"{where} answered HTTP {status} for {repo_id}/config.json, not as a Hugging Face Hub would: check "
-            "HF_ENDPOINT (and any proxy), or point --model at a local model directory"
-        ) from None
-    except errors.HFValidationError:
-        raise HubError(f"{repo_id!r} is not a valid Hugging Face model id (org/name)") from None
-    except Exception as err:
-        if _is_network_error(err):
-            raise HubError(
-                f"cannot reach the Hugging Face Hub at {where} ({_first_line(err)}) to fetch {repo_id}/config.json: "
-                "check the network, set HF_ENDPOINT to a reachable mirror, or point --model at a local model "
-                "directory"
-            ) from None
-        if isinstance(err, OSError):
-            raise HubError(
-                f"cannot store config.json of {repo_id} in the Hugging Face cache {cache} ({_first_line(err)}): "
-                "set HF_HUB_CACHE to a writable directory"
-            ) from None
-        raise HubError(
-            f"fetching config.json of {repo_id} from {where} failed ({type(err).__name__}: {_first_line(err)})"
-        ) from None
+            return HubError(
+                f"{where} answered HTTP {status} for {repo_id}/{what}: try again later, set HF_ENDPOINT "
+                f"to another mirror, or {local}"
+            )
+        return HubError(
+            f"{where} answered HTTP {status} for {repo_id}/{what}, not as a Hugging Face Hub would: check "
+            f"HF_ENDPOINT (and any proxy), or {local}"
+        )
+    if isinstance(err, errors.HFValidationError):
+        return HubError(f"{repo_id!r} is not a valid Hugging Face model id (org/name)")
+    if _is_network_error(err):
+        return HubError(
+            f"cannot reach the Hugging Face Hub at {where} ({_first_line(err)}) to fetch {repo_id}/{what}: "
+            f"check the network, set HF_ENDPOINT to a reachable mirror, or {local}"
+        )
+    if isinstance(err, OSError):
+        return HubError(
+            f"cannot store {what} of {repo_id} in the Hugging Face cache {cache} ({_first_line(err)}): "
+            "set HF_HUB_CACHE to a writable directory"
+        )
+    return HubError(f"fetching {what} of {repo_id} from {where} failed ({type(err).__name__}: {_first_line(err)})")

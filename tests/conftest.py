@@ -98,3 +98,56 @@ def await_run_processes(run, timeout: float = 240) -> list[int]:
     pids = [int(launch["pid"]) for launch in run.launches()[-1:] if launch.get("pid")]
     pids += [entry["pid"] for entry in run.rank_processes()]
     return await_exit(pids, timeout)
+
+
+# --- a stand-in Hugging Face Hub (tests/hub_support.py) ------------------------------------------
+
+
+@pytest.fixture
+def hf_home(tmp_path, monkeypatch):
+    from hub_support import _reset_hf_sessions, closed_port_url, constants, file_download
+
+    """A private HF home (cache and token file) and online mode, whatever conftest and the shell set.
+
+    huggingface_hub reads HF_HUB_OFFLINE, HF_HOME, HF_HUB_CACHE, HF_TOKEN_PATH, HF_ENDPOINT (ENDPOINT and the
+    resolve-URL template), HF_HUB_DISABLE_IMPLICIT_TOKEN and HF_HUB_DISABLE_TELEMETRY into `huggingface_hub.constants`
+    when first imported (conftest has set HF_HUB_OFFLINE=1 by then), so those attributes are patched too; HF_TOKEN
+    it reads at each call. The import-time ENDPOINT and HF_HUB_CACHE are pointed at places that must stay unused
+    (planner.hub passes the endpoint and the cache itself): nothing can reach huggingface.co, and a request that
+    ignored HF_ENDPOINT would fail. Telemetry is off: recent huggingface_hub (2.4) otherwise fetches
+    {ENDPOINT}/api/agent-harnesses once a day for its user agent."""
+    home = tmp_path / "hf"
+    dead = closed_port_url()
+    monkeypatch.setattr(constants, "ENDPOINT", dead)
+    template = dead + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    for name, value in (("ENDPOINT", dead), ("HUGGINGFACE_CO_URL_TEMPLATE", template)):
+        if hasattr(file_download, name):  # 0.x reads its own copies
+            monkeypatch.setattr(file_download, name, value)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True, raising=False)
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / ".agent_harnesses.json"), raising=False)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")  # huggingface_hub counts it as HF_HUB_OFFLINE too
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"), raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "wrong-cache"))
+    monkeypatch.chdir(tmp_path)  # "org/name" must not exist as a relative path
+    _reset_hf_sessions()
+    yield home / "hub"
+    _reset_hf_sessions()
+
+
+@pytest.fixture
+def hub(hf_home, monkeypatch):
+    from hub_support import StandInHub
+
+    server = StandInHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    yield server
+    server.stop()

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from recipes import find_recipe
-from runner.launch.lifecycle import PlanRefused, check_data, prepare, start_run
+from runner.launch.download import describe
+from runner.launch.lifecycle import PlanRefused, check_data, model_download, prepare, start_run
 from runner.recipe.schema import RecipeError, dump_recipe
 from runner.recipe.resolve import verdict
 from runner.rundir.runs import RunError
@@ -78,6 +79,9 @@ def dry_run(path: Path, overrides: list[str]) -> int:
         f"(p95 {tokens.get('p95', 0)}), {data.get('approx_overlong', 0)} longer than max_seq_len"
     )
     ok, problems = verdict(settings)
+    download = model_download(settings)
+    if download is not None:
+        print("\n".join("# " + line for line in describe(download).splitlines()))
     for note in settings.notes:
         print(f"# note: {note}")
     if settings.plan is not None:

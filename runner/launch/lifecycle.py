@@ -34,7 +34,10 @@ from runner.rundir.runs import (
     process_start_time,
 )
 
+from planner.hub import HubError
+
 from .build import LaunchPlan, build_launch, spawn_detached
+from .download import DownloadPlan, check_disk, hub_repo, plan_download
 from .supervise import disk_full_message, free_interrupted_save
 
 
@@ -75,6 +78,22 @@ def check_data(settings: RunSettings) -> dict:
         raise RecipeError(f"{recipe.source or 'recipe'} dataset", str(err)) from None
 
 
+def model_download(settings: RunSettings) -> DownloadPlan | None:
+    """What the run must fetch from the Hub before training (None: a local model, or random init);
+    RecipeError when it cannot come (gated, missing, offline, no room), before anything starts."""
+    recipe = settings.recipe
+    model = recipe.model
+    repo = hub_repo(model.path, recipe.base_dir())
+    if repo is None or model.init == "random":
+        return None
+    try:
+        plan = plan_download(repo, model.revision, model.trust_remote_code)
+        check_disk(plan)
+    except HubError as err:
+        raise RecipeError(f"{recipe.source or 'recipe'} model.path", str(err)) from None
+    return plan
+
+
 def refusal_message(settings: RunSettings, problems: list[str]) -> str:
     lines = ["the planner says this run will not fit:"] + [f"  - {p}" for p in problems]
     plan = settings.plan
@@ -104,6 +123,7 @@ def start_run(
     ok, problems = verdict(settings)
     if not ok and not force:
         raise PlanRefused(refusal_message(settings, problems))
+    download = model_download(settings)
     recipe = settings.recipe
     default = recipe.output.dir == "runs"
     root = runs_dir or (default_runs_dir() if default else Path(recipe.output.dir).expanduser())
@@ -116,7 +136,7 @@ def start_run(
                 run.plan.write_text(json.dumps(estimate_json(settings.plan), indent=2) + "\n")
         except OSError as err:
             raise RunError(_write_failed(run, err)) from None
-        return _launch(run, settings, None, python, lock)
+        return _launch(run, settings, None, python, lock, download)
 
 
 @contextmanager
@@ -163,7 +183,14 @@ def _write_failed(run: RunDir, err: OSError) -> str:
     return f"cannot write to {run.path}: {err.strerror or err}"
 
 
-def _launch(run: RunDir, settings: RunSettings, resume_from: str | None, python: str, lock: int) -> Started:
+def _launch(
+    run: RunDir,
+    settings: RunSettings,
+    resume_from: str | None,
+    python: str,
+    lock: int,
+    download: DownloadPlan | None = None,
+) -> Started:
     plan = build_launch(settings, run.path, python=python, resume_from=resume_from)
     with _no_hangup():
         try:
@@ -178,6 +205,12 @@ def _launch(run: RunDir, settings: RunSettings, resume_from: str | None, python:
                     "host": socket.gethostname(),
                     "created": time.time(),
                     "markers": True,
+                    # fetched by the supervisor before training (runner.launch.download)
+                    "download": (
+                        {**download.as_json(), "trust_remote_code": settings.recipe.model.trust_remote_code}
+                        if download is not None and not download.complete
+                        else None
+                    ),
                 }
             )
             run.begin_launch_status(len(run.launches()))
@@ -231,10 +264,14 @@ def resume_run(run: RunDir, *, machine: Machine | None = None, python: str = sys
                 f"a checkpoint is {need / 1e9:.1f} GB; free at least {(need + need // 10 - free) / 1e9:.1f} GB "
                 "or lower train.save_total_limit, then resume again"
             )
+        try:
+            download = model_download(settings)
+        except RecipeError as err:
+            raise RunError(str(err)) from None
         run.stop_request.unlink(missing_ok=True)
         if best is None:  # it ended before its first save finished: nothing to lose by starting over
             print(f"ftui: {run.id} has no finished checkpoint yet; it starts again from step 0", file=sys.stderr)
-        return _launch(run, settings, str(best.path) if best else None, python, lock)
+        return _launch(run, settings, str(best.path) if best else None, python, lock, download)
 
 
 def _no_checkpoint(run: RunDir, world: int, skipped) -> str:

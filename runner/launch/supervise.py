@@ -77,6 +77,11 @@ def supervise(run: RunDir, lock_fd: int | None = None) -> int:
         run.set_status("stopped", exit_code=0, last_error="stopped before it started")
         return 0
     log_offset = run.log.stat().st_size if run.log.exists() else 0
+    if launch.get("download") and not _download(run, launch["download"]):
+        return 1
+    if run.stop_request.exists():
+        run.set_status("stopped", exit_code=0, last_error="stopped before it started")
+        return 0
     run.set_status(
         "running", phase="starting", exit_code=None, last_error="", started=time.time(), log_offset=log_offset
     )
@@ -100,6 +105,35 @@ def supervise(run: RunDir, lock_fd: int | None = None) -> int:
         freed = free_interrupted_save(run)
         _record_end(run, code, log_offset, disk_full=True, freed=freed)
     return code
+
+
+def _download(run: RunDir, spec: dict) -> bool:
+    """Fetch the recipe's Hub model into the HF cache before training (state `downloading`, with bytes
+    and rate in status.json); False (and the run `failed` with the reason) when it cannot."""
+    from planner.hub import HubError
+
+    from .download import fetch, plan_download
+
+    os.environ["HF_HUB_OFFLINE"] = "0"  # the launch checked it may download; ranks stay offline
+    repo = spec["repo_id"]
+    run.set_status(
+        "downloading", phase="downloading", download={"repo_id": repo, "done": 0, "total": spec["total_bytes"]}
+    )
+
+    def progress(done: int, total: int, rate: float) -> None:
+        state = "stopping" if run.stop_request.exists() else "downloading"
+        run.set_status(state, download={"repo_id": repo, "done": done, "total": total, "bytes_per_s": round(rate)})
+
+    try:
+        plan = plan_download(repo, spec.get("revision") or "main", bool(spec.get("trust_remote_code")))
+        print(f"ftui: downloading {repo} ({plan.missing_bytes / 1e9:.2f} GB) into the Hugging Face cache", flush=True)
+        fetch(plan, progress)
+    except HubError as err:
+        run.set_status("failed", exit_code=None, last_error=str(err), phase="done", ended=time.time())
+        print(f"ftui: {err}", flush=True)
+        return False
+    print(f"ftui: {repo} is in the cache", flush=True)
+    return True
 
 
 def _die_with_parent() -> None:

@@ -34,7 +34,10 @@ class RecipeError(ValueError):
 @dataclass(frozen=True)
 class ModelSection:
     path: str = ""
-    """Local model directory, or a Hugging Face id already in the local cache (never downloaded)."""
+    """Local model directory, or a Hugging Face id `org/name` (downloaded once, before training, when
+    the local cache lacks it; see runner.launch.download)."""
+    revision: str = "main"
+    """Branch, tag or commit of a Hub model."""
     init: str = "pretrained"
     """`pretrained` loads the weights; `random` builds the architecture from config.json (demos, tests)."""
     trust_remote_code: bool = False

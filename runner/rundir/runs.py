@@ -5,7 +5,7 @@ A run lives in `<output.dir>/<run-id>/`:
     recipe.yaml      the resolved recipe (no `auto` left)
     plan.json        the planner's estimate for it
     launch.json      every launch: argv, environment delta, pid/pgid, host, start time
-    status.json      queued | running | stopping | stopped | finished | failed (+ exit code, last error)
+    status.json      queued | downloading | running | stopping | stopped | finished | failed (+ exit code, last error)
     metrics.jsonl    one object per logging step
     train.log        stdout + stderr of every process
     checkpoints/     HF Trainer checkpoints
@@ -31,7 +31,7 @@ from typing import Any
 
 from .lock import held as lock_held
 
-ACTIVE = ("queued", "running", "stopping")
+ACTIVE = ("queued", "downloading", "running", "stopping")
 STATES = ACTIVE + ("stopped", "finished", "failed", "dead")
 
 

@@ -100,10 +100,17 @@ def load_model(recipe: Recipe, run: RunDir):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path, dtype = recipe.model.path, model_dtype(recipe)
-    common = dict(attn_implementation=ATTN[recipe.train.attn], trust_remote_code=recipe.model.trust_remote_code)
+    common = dict(
+        attn_implementation=ATTN[recipe.train.attn],
+        trust_remote_code=recipe.model.trust_remote_code,
+        revision=recipe.model.revision,  # a Hub model: the supervisor fetched it into the cache
+    )
     if recipe.model.init == "random":
         config = AutoConfig.from_pretrained(
-            path, local_files_only=True, trust_remote_code=recipe.model.trust_remote_code
+            path,
+            local_files_only=True,
+            trust_remote_code=recipe.model.trust_remote_code,
+            revision=recipe.model.revision,
         )
         model = model_from_config(config, recipe)
         if recipe.tuner != "qlora":
@@ -292,7 +299,10 @@ def build_trainer(recipe: Recipe, run: RunDir):
 
     set_seed(recipe.train.seed)
     tokenizer = AutoTokenizer.from_pretrained(
-        recipe.model.path, local_files_only=True, trust_remote_code=recipe.model.trust_remote_code
+        recipe.model.path,
+        local_files_only=True,
+        trust_remote_code=recipe.model.trust_remote_code,
+        revision=recipe.model.revision,
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

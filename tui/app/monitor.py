@@ -327,4 +327,5 @@ def state_style(state: str) -> str:
         "stopping": "black on yellow",
         "stopped": "black on yellow",
         "stalled": "black on yellow",
+        "downloading": "black on blue",
     }.get(state, "reverse")

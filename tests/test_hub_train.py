@@ -1,0 +1,153 @@
+"""A recipe naming a Hub model that is not cached: checked before launch, downloaded once by the run's
+supervisor (state `downloading`), then trained from the cache. Against a stand-in hub on 127.0.0.1
+serving a tiny model repo built here; nothing reaches the network."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from recipes import find_recipe
+from runner.rundir.runs import RunDir
+from tui.cli import main
+
+from conftest import await_run_processes, kill_runs
+from hub_support import GOOD_TOKEN, OTHER_TOKEN
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+TINY = find_recipe("tiny-demo").parent / "tiny" / "model"
+REPO = "acme/tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def tiny_repo_files(tmp_path_factory) -> dict[str, bytes]:
+    """The files of a real (tiny, random) model repo: weights as HF saves them, its config and tokenizer,
+    plus what a run must not fetch (an `original/` checkpoint, a GGUF, a .bin duplicate)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-repo")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY)).save_pretrained(out)
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    files.update({p.name: p.read_bytes() for p in TINY.iterdir() if p.is_file() and p.name != "config.json"})
+    files.update({"original/consolidated.00.pth": b"x" * 5000, "tiny.Q4_K_M.gguf": b"GGUF" * 100})
+    files["pytorch_model.bin"] = b"y" * 3000
+    return files
+
+
+@pytest.fixture
+def recipe(tmp_path) -> Path:
+    text = find_recipe("tiny-demo").read_text()
+    text = text.replace(
+        "  path: tiny/model            # config.json + tokenizer next to this file; no weights\n", f"  path: {REPO}\n"
+    )
+    text = text.replace(
+        "  init: random                # build the architecture from config.json\n", "  init: pretrained\n"
+    )
+    data = find_recipe("tiny-demo").parent / "tiny" / "data" / "instructions.jsonl"
+    text = text.replace("path: tiny/data/instructions.jsonl", f"path: {data}")
+    path = tmp_path / "hub-recipe.yaml"
+    path.write_text(text)
+    assert f"path: {REPO}" in text and "init: pretrained" in text
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTUI_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")  # the run's processes read it from the environment
+    yield tmp_path / "runs"
+    kill_runs(tmp_path / "runs")
+
+
+def only_run(runs: Path) -> RunDir:
+    dirs = [p for p in runs.iterdir() if p.is_dir()] if runs.is_dir() else []
+    assert len(dirs) == 1, dirs
+    return RunDir(dirs[0])
+
+
+def test_a_hub_model_not_in_the_cache_is_downloaded_once_by_the_run_and_trains(
+    hub, hf_home, tiny_repo_files, recipe, runs, capsys
+):
+    hub.add(REPO, files=dict(tiny_repo_files))
+    sets = ["--set", "train.max_steps=6", "--set", "train.save_steps=6", "--set", "train.logging_steps=2"]
+    assert main(["train", str(recipe), "--dry-run", *sets]) == 0
+    listing = capsys.readouterr().out
+    assert f"model {REPO}@main" in listing and "model.safetensors" in listing and "tokenizer.json" in listing
+    assert "gguf" not in listing and "original/" not in listing and "pytorch_model.bin" not in listing
+    assert not runs.exists() or not list(runs.iterdir())  # a dry run starts nothing
+    assert main(["train", str(recipe), *sets]) == 0, capsys.readouterr().err
+    run = only_run(runs)
+    assert run.launches()[-1]["download"]["repo_id"] == REPO
+    assert await_run_processes(run, timeout=240) == []
+    state, error = run.explain()
+    assert state == "finished", (error, run.log.read_text()[-3000:])
+    status = run.status()
+    assert status["download"]["done"] == status["download"]["total"] > 0
+    snapshot = next((hf_home / f"models--{REPO.replace('/', '--')}" / "snapshots").iterdir())
+    fetched = {str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file()}
+    assert "model.safetensors" in fetched and "tokenizer.json" in fetched
+    assert not {"pytorch_model.bin", "tiny.Q4_K_M.gguf", "original/consolidated.00.pth"} & fetched
+    weights = [s for s in hub.seen() if s.method == "GET" and s.path.endswith("/model.safetensors")]
+    assert len(weights) == 1  # one download, not one per rank or per launch
+    assert "downloading acme/tiny-llama" in run.log.read_text()
+
+
+@pytest.mark.parametrize("token", [None, OTHER_TOKEN], ids=["anonymous-401", "not-granted-403"])
+def test_a_gated_hub_model_is_refused_before_launch_with_the_licence_page(
+    hub, hf_home, tiny_repo_files, recipe, runs, capsys, monkeypatch, token
+):
+    hub.add(REPO, files=dict(tiny_repo_files), gated=True)
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "gated" in err and f"{hub.url}/{REPO}" in err and "HF_TOKEN" in err and "Traceback" not in err
+    assert not runs.exists() or not list(runs.iterdir())  # nothing launched, no run directory
+    monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)
+    assert main(["train", str(recipe), "--dry-run"]) == 0  # a granted token opens it
+    assert "to download" in capsys.readouterr().out
+
+
+def test_offline_with_the_model_not_cached_says_so_before_launch(
+    hub, hf_home, tiny_repo_files, recipe, runs, capsys, monkeypatch
+):
+    hub.add(REPO, files=dict(tiny_repo_files))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from hub_support import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "HF_HUB_OFFLINE" in err and REPO in err and "Traceback" not in err
+    assert not [s for s in hub.seen() if "/resolve/" in s.path and s.path.endswith(".safetensors")]
+    assert not runs.exists() or not list(runs.iterdir())
+
+
+def test_too_little_disk_for_the_download_is_refused_with_how_much_to_free(
+    hub, hf_home, tiny_repo_files, recipe, runs, capsys, monkeypatch
+):
+    import shutil
+    from collections import namedtuple
+
+    hub.add(REPO, files=dict(tiny_repo_files))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))  # the disk: hardware
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "GB more in the Hugging Face cache" in err and "HF_HUB_CACHE" in err
+    assert not runs.exists() or not list(runs.iterdir())
+
+
+def test_a_missing_hub_model_is_refused_by_name(hub, hf_home, recipe, runs, capsys):
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert f"no model {REPO}" in err and "Traceback" not in err
+    assert json.dumps([]) == json.dumps([p.name for p in runs.iterdir()] if runs.exists() else [])
+    assert os.environ.get("HF_ENDPOINT") == hub.url
