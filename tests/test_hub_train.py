@@ -151,3 +151,33 @@ def test_a_missing_hub_model_is_refused_by_name(hub, hf_home, recipe, runs, caps
     assert f"no model {REPO}" in err and "Traceback" not in err
     assert json.dumps([]) == json.dumps([p.name for p in runs.iterdir()] if runs.exists() else [])
     assert os.environ.get("HF_ENDPOINT") == hub.url
+
+
+def test_ftui_runs_shows_a_downloading_run_with_bytes_and_rate(tmp_path, capsys, monkeypatch):
+    import subprocess
+    import sys
+
+    from runner.rundir.runs import new_run_dir, process_start_time
+
+    monkeypatch.setenv("COLUMNS", "200")
+    run = new_run_dir(tmp_path, "hub")
+    run.recipe.write_text("tuner: lora\n")
+    sup = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        run.record_launch(
+            {"argv": ["x"], "pid": sup.pid, "start_time": process_start_time(sup.pid), "host": os.uname().nodename}
+        )
+        run.set_status(
+            "downloading",
+            download={"repo_id": REPO, "done": 1_200_000_000, "total": 3_000_000_000, "bytes_per_s": 48_000_000},
+        )
+        assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
+        assert "downloading 1.2/3.0 GB 48 MB/s" in capsys.readouterr().out
+        assert main(["runs", "--runs-dir", str(tmp_path), "--json"]) == 0
+        row = json.loads(capsys.readouterr().out)["runs"][0]
+        assert row["state"] == "downloading" and row["download"]["total"] == 3_000_000_000
+    finally:
+        sup.kill()
+        sup.wait()
+    assert main(["runs", "--runs-dir", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"][0]["state"] == "dead"  # its supervisor is gone
