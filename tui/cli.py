@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stop": ("tui.stop_cmd", "stop a run gracefully (a second stop kills it)"),
     "resume": ("tui.resume_cmd", "resume a stopped or dead run from its newest complete checkpoint"),
     "recipes": ("tui.recipes_cmd", "list the shipped recipes, or show one"),
+    "export": ("tui.export_cmd", "export a run's model or adapter, or merge the adapter into its base"),
 }
 """Subcommand -> (module whose `add_parser(sub)` builds it, its help line in `ftui --help`)."""
 

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     except (RunError, RecipeError) as err:
         raise CliError(str(err)) from None
     launch = target.launches()[-1]
-    print(f"resumed {target.id} from {Path(launch['resume_from']).name}")
+    origin = Path(launch["resume_from"]).name if launch.get("resume_from") else "the start (no checkpoint was saved)"
+    print(f"resumed {target.id} from {origin}")
     if args.attach:
         return follow.follow_log(target, from_start=False)
     return 0 if started else 1
