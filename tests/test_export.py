@@ -29,7 +29,18 @@ def runs(tmp_path_factory):
     kill_runs(root)
 
 
+_TRAINED: dict[tuple[Path, str], RunDir] = {}
+
+
 def finished_run(runs: Path, tuner: str, capsys) -> RunDir:
+    """A finished tiny run of `tuner` (trained once per module; the tests only read it or export elsewhere)."""
+    if (runs, tuner) in _TRAINED:
+        return _TRAINED[runs, tuner]
+    _TRAINED[runs, tuner] = run = _train(runs, tuner, capsys)
+    return run
+
+
+def _train(runs: Path, tuner: str, capsys) -> RunDir:
     sets = [f"tuner={tuner}", "train.max_steps=6", "train.save_steps=3", "train.logging_steps=2"]
     argv = ["train", DEMO, "--runs-dir", str(runs)] + [x for s in sets for x in ("--set", s)]
     assert main(argv) == 0
@@ -96,3 +107,34 @@ def test_a_full_run_exports_its_model_and_refuses_merge_and_a_busy_out_dir(runs,
     assert os.path.isdir(run.checkpoints / "checkpoint-3")
     assert main(["export", str(run.path), "--checkpoint", "3", "--out", str(run.path / "at-3")]) == 0
     assert (run.path / "at-3" / "model.safetensors").is_file()
+
+
+def test_chat_prompt_answers_with_the_tuned_model_and_compare_with_the_base_too(runs, capsys):
+    run = finished_run(runs, "lora", capsys)
+    assert (
+        main(["chat", str(run.path), "--prompt", "Give three tips for staying healthy.", "--max-new-tokens", "8"]) == 0
+    )
+    answer = capsys.readouterr().out.strip()
+    assert answer and "Traceback" not in answer
+    assert main(["chat", str(run.path), "--prompt", "Hi", "--compare", "--max-new-tokens", "4"]) == 0
+    both = capsys.readouterr().out
+    assert both.startswith("base:\n") and "\ntuned:\n" in both
+
+
+def test_eval_reports_held_out_loss_perplexity_and_samples_and_saves_them(runs, capsys, tmp_path):
+    import math
+
+    run = finished_run(runs, "full", capsys)
+    assert main(["eval", str(run.path), "--json", "--samples", "2", "--max-new-tokens", "6"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["examples"] > 0 and result["tokens"] > 0
+    assert math.isclose(result["perplexity"], math.exp(result["loss"]), rel_tol=1e-3)
+    assert len(result["samples"]) == 2 and all(s["reference"] and "generated" in s for s in result["samples"])
+    assert json.loads((run.path / "eval.json").read_text())["loss"] == result["loss"]
+    status_eval = run.status().get("eval_loss")
+    assert status_eval is None or abs(status_eval - result["loss"]) < 0.5  # the same split, the same model
+    data = tmp_path / "other.jsonl"
+    data.write_text(json.dumps({"instruction": "Say hi.", "input": "", "output": "Hi there."}) + "\n")
+    assert main(["eval", run.id, "--runs-dir", str(runs), "--data", str(data), "--samples", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "other.jsonl" in out and "reference: Hi there." in out

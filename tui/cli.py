@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "resume": ("tui.resume_cmd", "resume a stopped or dead run from its newest complete checkpoint"),
     "recipes": ("tui.recipes_cmd", "list the shipped recipes, or show one"),
     "export": ("tui.export_cmd", "export a run's model or adapter, or merge the adapter into its base"),
+    "chat": ("tui.chat_cmd", "chat with a trained run (--prompt TEXT answers once)"),
+    "eval": ("tui.eval_cmd", "held-out loss, perplexity and sample generations of a trained run"),
 }
 """Subcommand -> (module whose `add_parser(sub)` builds it, its help line in `ftui --help`)."""
 
