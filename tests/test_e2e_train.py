@@ -130,7 +130,10 @@ def test_the_demo_recipe_as_shipped_learns_in_well_under_a_minute_and_attach_fol
     assert main(["train", DEMO, "--attach"]) == 0  # returns when the run has finished
     elapsed = time.monotonic() - started
     out, err = capsys.readouterr()
-    assert "'loss'" in out and "is finished" in err
+    assert "'loss'" not in out, out[:500]  # the trainer's raw log dicts are not what --attach shows
+    progress = [line for line in out.splitlines() if line.startswith("step ")]
+    assert progress and progress[-1].startswith("step 80/80") and "loss " in progress[-1] and "tok/s" in out
+    assert "is finished" in err
     run = list_runs(runs_dir)[0]
     check_finished(run, steps=80)
     curve = losses(run)
@@ -426,3 +429,20 @@ def test_a_relative_runs_directory_works_from_any_working_directory(capsys, tmp_
     assert main(["train", "recipes/tiny-demo.yaml", "--set", "train.max_steps=4", "--attach"]) == 0
     runs = list_runs(Path("runs"))
     assert len(runs) == 1 and runs[0].path.is_absolute() and runs[0].status()["state"] == "finished"
+
+
+def test_attach_raw_prints_the_log_and_the_live_view_renders_on_a_terminal(capsys, runs_dir):
+    import io
+
+    from rich.console import Console
+
+    from tui import follow
+
+    assert main(["train", DEMO, "--attach", "--raw", *[x for s in QUICK for x in ("--set", s)]]) == 0
+    out, err = capsys.readouterr()
+    assert "'loss'" in out and "is finished" in err  # --raw: the log itself
+    run = list_runs(runs_dir)[0]
+    console = Console(file=io.StringIO(), width=120, force_terminal=True)
+    console.print(follow._view(run, metrics(run), "finished", ["a log line"], []))
+    screen = console.file.getvalue()
+    assert run.id in screen and "step 12/12" in screen and "ctrl-c detaches" in screen and "a log line" in screen

@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "logs", help="show a run's log", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("run_ref", metavar="RUN", help="run id, id prefix, or run directory (ftui's or another tool's)")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows")
+    p.add_argument("-f", "--follow", action="store_true", help="follow the run live until it ends (ctrl-c detaches)")
+    p.add_argument("--raw", action="store_true", help="with -f: print the log itself rather than the live view")
     p.add_argument("--runs-dir", type=Path)
     add_watch_option(p, "find")
     p.set_defaults(run=run)
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(target, ForeignRun):
         return foreign_log(target, args.follow)
     if args.follow:
-        return follow.follow_log(target)
+        return follow.attach(target, raw=args.raw)
     if not target.log.exists():
         print(f"{target.id} has no log yet", file=sys.stderr)
         return 0

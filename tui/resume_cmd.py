@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_ref", metavar="RUN")
     p.add_argument("--attach", action="store_true")
+    p.add_argument("--raw", action="store_true", help="with --attach: print the log itself rather than the live view")
     p.add_argument("--runs-dir", type=Path)
     p.set_defaults(run=run)
 
@@ -42,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
     origin = Path(launch["resume_from"]).name if launch.get("resume_from") else "the start (no checkpoint was saved)"
     print(f"resumed {target.id} from {origin}")
     if args.attach:
-        return follow.follow_log(target, from_start=False)
+        return follow.attach(target, raw=args.raw)
     return 0 if started else 1

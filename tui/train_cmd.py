@@ -43,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="resolve and check, launch nothing")
     p.add_argument("--attach", action="store_true", help="follow the log after launching")
+    p.add_argument("--raw", action="store_true", help="with --attach: print the log itself rather than the live view")
     p.add_argument("--force", action="store_true", help="launch even when the plan says it will not fit")
     p.add_argument("--runs-dir", type=Path, help="where the run directory goes (default ./runs or $FTUI_RUNS_DIR)")
     p.set_defaults(run=run)
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  run directory  {run_dir.path}")
     print(f"  follow         ftui logs {run_dir.id} -f      stop  ftui stop {run_dir.id}")
     if args.attach:
-        return follow.follow_log(run_dir)
+        return follow.attach(run_dir, raw=args.raw)
     return 0
 
 
