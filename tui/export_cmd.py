@@ -23,7 +23,7 @@ EPILOG = """examples:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a run's model or adapter (safetensors, tokenizer, model card); --merge folds an adapter in",
+        help="export a run's model or adapter, or merge the adapter into its base",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -19,7 +19,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 def add_chat_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "chat",
-        help="chat with a trained run through its chat template (--prompt TEXT answers once)",
+        help="chat with a trained run (--prompt TEXT answers once)",
         epilog="examples:\n  ftui chat tiny-demo\n  ftui chat tiny-demo --prompt 'Give three tips' --compare\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
