@@ -446,3 +446,31 @@ def test_attach_raw_prints_the_log_and_the_live_view_renders_on_a_terminal(capsy
     console.print(follow._view(run, metrics(run), "finished", ["a log line"], []))
     screen = console.file.getvalue()
     assert run.id in screen and "step 12/12" in screen and "ctrl-c detaches" in screen and "a log line" in screen
+
+
+@pytest.mark.parametrize("tuner", ["full", "lora"])
+def test_the_checkpoint_size_estimate_matches_what_a_save_writes(capsys, runs_dir, tuner):
+    from runner.launch.lifecycle import checkpoint_bytes_estimate, prepare
+
+    run = train(capsys, f"tuner={tuner}", *QUICK)
+    assert wait_end(run) == "finished"
+    ckpt = run.checkpoints / "checkpoint-12"
+    written = sum(
+        (ckpt / n).stat().st_size
+        for n in ("model.safetensors", "adapter_model.safetensors", "optimizer.pt")
+        if (ckpt / n).exists()
+    )
+    estimate = checkpoint_bytes_estimate(prepare(run.recipe, []))
+    assert abs(estimate - written) < 0.10 * written, (estimate, written)
+
+
+def test_a_run_whose_checkpoints_would_not_fit_the_disk_is_refused_before_launch(capsys, runs_dir, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))  # the disk: hardware
+    assert main(["train", DEMO, "--set", "train.save_total_limit=3"]) == 2
+    err = capsys.readouterr().err
+    assert "train.save_total_limit" in err and "4 x" in err and "GB free" in err and "Traceback" not in err
+    assert not runs_dir.exists() or not list(runs_dir.iterdir())

@@ -20,7 +20,7 @@ from pathlib import Path
 from planner.report import estimate_json
 from runner.data.check import check_dataset
 from runner.data.records import DataError
-from runner.recipe.resolve import Machine, RunSettings, detect_machine, resolve, verdict
+from runner.recipe.resolve import Machine, RunSettings, detect_machine, planner_setup, resolve, verdict
 from runner.recipe.schema import AUTO, Recipe, RecipeError, apply_overrides, dump_recipe, load_recipe, validate
 from runner.rundir.checkpoints import MARKER, checkpoint_bytes, newest_complete
 from runner.rundir.lock import LockBusy, acquire_launch
@@ -94,6 +94,55 @@ def model_download(settings: RunSettings) -> DownloadPlan | None:
     return plan
 
 
+def checkpoint_bytes_estimate(settings: RunSettings) -> int:
+    """Bytes of the weights and optimizer files of one checkpoint of this run: what HF Trainer saves
+    (the full model, or the adapter alone) plus the optimizer's states (two AdamW moments per trainable
+    parameter; DeepSpeed adds its fp32 master copy), from the planner's parameter count. The tokenizer,
+    scheduler, RNG and trainer-state files come on top (a few MB)."""
+    from planner.memory import params, widths
+
+    arch = settings.model.arch
+    setup = planner_setup(
+        settings.recipe,
+        zero=settings.zero,
+        offload=settings.offload,
+        precision=settings.precision,
+        attn=settings.attn,
+        micro_batch=settings.micro_batch,
+        grad_ckpt=settings.grad_ckpt,
+        seq_len=settings.max_seq_len,
+    )
+    pr, w = params(arch, setup), widths(setup)
+    saved = pr.adapter * 4 if pr.adapter else pr.total * (4 if settings.precision == "fp32" else 2)
+    moments = {"adamw": 2, "sgd": 1}.get(setup.optim, 2)
+    optimizer = pr.trainable_base * (moments * w.moment + w.master) + pr.adapter * moments * 4
+    # Per tensor the files add a header entry (safetensors) and, for each optimizer state, a pickled
+    # record (torch.save: ~300 B with its step counter); they matter only for tiny models.
+    base_tensors = pr.tensors if pr.trainable_base else 0
+    adapter_tensors = (pr.tensors - params(arch, setup.but(tuner="full")).tensors) if pr.adapter else 0
+    trained = base_tensors + adapter_tensors
+    return int(saved + optimizer + trained * (100 + (moments + 1) * 300))  # + a few MB of tokenizer and state
+
+
+def check_checkpoint_room(settings: RunSettings, where: Path) -> None:
+    """Room under `where` for the checkpoints the run keeps (save_total_limit of them, plus the one
+    being written before the oldest is rotated out); RecipeError saying what to change."""
+    keep = settings.recipe.train.save_total_limit + 1
+    need = checkpoint_bytes_estimate(settings) * keep
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        one = need / keep
+        raise RecipeError(
+            f"{settings.recipe.source or 'recipe'} train.save_total_limit",
+            f"the checkpoints need about {need / 1e9:.1f} GB ({keep} x {one / 1e9:.1f} GB: save_total_limit "
+            f"{keep - 1} plus the one being written) and {probe} has {free / 1e9:.1f} GB free: free "
+            f"{(need - free) / 1e9:.1f} GB, lower train.save_total_limit, or choose --runs-dir on a larger disk",
+        )
+
+
 def refusal_message(settings: RunSettings, problems: list[str]) -> str:
     lines = ["the planner says this run will not fit:"] + [f"  - {p}" for p in problems]
     plan = settings.plan
@@ -127,6 +176,7 @@ def start_run(
     recipe = settings.recipe
     default = recipe.output.dir == "runs"
     root = runs_dir or (default_runs_dir() if default else Path(recipe.output.dir).expanduser())
+    check_checkpoint_room(settings, root.expanduser().resolve())
     run = new_run_dir(root, recipe.output.name or Path(recipe_path).stem)
     with run_lock(run) as lock:
         header = f"# resolved by ftui from {recipe_path} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
