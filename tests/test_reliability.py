@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -302,12 +303,15 @@ def test_a_full_disk_during_a_save_is_a_named_failure_and_resume_says_how_much_t
     pytest_train("torch")
     pytest_train("transformers")
     disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "6m"):
+    if not _mount_tmpfs(disk, "20m"):
         pytest.skip("mounting a small tmpfs needs root (CAP_SYS_ADMIN)")
     try:
         runs = disk / "runs"
         monkeypatch.setenv("FTUI_RUNS_DIR", str(runs))
         run = start(runs, "tuner=full", "train.max_steps=40", "train.save_steps=4", "train.save_total_limit=5")
+        # room for the launch's check; then something else fills the disk while it trains
+        ballast = shutil.disk_usage(disk).free - 4 * 2**20
+        (disk / "ballast").write_bytes(b"\0" * ballast)
         assert await_run_processes(run, timeout=240) == []
         state, error = run.explain()
         assert state == "failed" and "disk is full" in error and "save_total_limit" in error, (state, error)
@@ -318,7 +322,7 @@ def test_a_full_disk_during_a_save_is_a_named_failure_and_resume_says_how_much_t
         )
         assert code.returncode == 2 and "not enough disk" in code.stderr and "GB" in code.stderr, code.stderr
         assert "Traceback" not in code.stderr
-        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        (disk / "ballast").unlink()  # the user frees space
         resume_run(run)
         assert await_run_processes(run, timeout=240) == []
         assert run.effective_state() == "finished" and run.status()["step"] == 40
