@@ -55,7 +55,7 @@ class Repo:
     bare: bool = False
     """Serve files without the X-Repo-Commit and ETag headers, as a plain web server would."""
     cut_after: int | None = None
-    """The first download of a file stops after this many bytes (the connection drops)."""
+    """The first download of a file larger than this stops after this many bytes (the connection drops)."""
     cut_done: bool = False
 
 
@@ -148,7 +148,13 @@ class StandInHub:
         if api:
             return self._api(req, match, repo, with_body)
         body = repo.files.get(match["filename"])
-        if body is not None and repo.cut_after is not None and with_body and not repo.cut_done:
+        if (
+            body is not None
+            and repo.cut_after is not None
+            and with_body
+            and not repo.cut_done
+            and len(body) > repo.cut_after
+        ):
             repo.cut_done = True  # a connection that drops part way through a download
             return self._cut(req, body, repo.cut_after)
         start = 0

@@ -181,3 +181,19 @@ def test_ftui_runs_shows_a_downloading_run_with_bytes_and_rate(tmp_path, capsys,
         sup.wait()
     assert main(["runs", "--runs-dir", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["runs"][0]["state"] == "dead"  # its supervisor is gone
+
+
+def test_a_download_cut_part_way_is_fetched_again_whole_and_the_run_trains(
+    hub, hf_home, tiny_repo_files, recipe, runs, capsys
+):
+    repo = hub.add(REPO, files=dict(tiny_repo_files), cut_after=50_000)  # the first weights download drops
+    sets = ["--set", "train.max_steps=2", "--set", "train.save_steps=2"]
+    assert main(["train", str(recipe), *sets]) == 0, capsys.readouterr().err
+    run = only_run(runs)
+    assert await_run_processes(run, timeout=240) == []
+    assert run.explain()[0] == "finished", run.log.read_text()[-3000:]
+    assert repo.cut_done
+    gets = [s for s in hub.seen() if s.method == "GET" and s.path.endswith("/model.safetensors")]
+    assert len(gets) >= 2  # the dropped transfer was tried again
+    snapshot = next((hf_home / f"models--{REPO.replace('/', '--')}" / "snapshots").iterdir())
+    assert (snapshot / "model.safetensors").read_bytes() == tiny_repo_files["model.safetensors"]  # whole, not cut

@@ -11,8 +11,9 @@ then load from the cache with local_files_only and never download (one download,
 Only what a run loads: safetensors weights and their index (the `.bin` duplicates only where there
 are no safetensors), config, generation config, tokenizer and chat template files, and `*.py` when
 the recipe trusts remote code; never `original/` checkpoints, GGUF, ONNX or other frameworks'
-weights. An interrupted download resumes: huggingface_hub keeps `.incomplete` blobs and continues
-them.
+weights. A transfer that drops part way is fetched again by huggingface_hub and lands whole (the
+cache never holds a cut file under its name); a download killed with its supervisor is started again
+by `ftui resume`, huggingface_hub picking up its `.incomplete` blobs.
 """
 
 from __future__ import annotations
