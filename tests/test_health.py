@@ -359,3 +359,52 @@ def test_assess_is_quiet_through_the_whole_recording():
     for n in range(1, len(records) + 1):
         now = records[n - 1]["time"] + 1.0
         assert assess(records[:n], now=now, running=True, gpu_util=90.0, planned_gib=plan) == [], n
+
+
+# --- learning-curve diagnosis (seed 002 §7.2) ----------------------------------------------------
+
+
+def curve(train, evals=()):
+    recs = [{"step": i + 1, "loss": v} for i, v in enumerate(train)]
+    for step, v in evals:
+        recs.append({"step": step, "loss": None, "eval_loss": v})
+    return sorted(recs, key=lambda r: (r["step"], r["loss"] is None))
+
+
+def test_a_flat_high_train_loss_is_under_fitting_with_what_to_do():
+    from runner.watch.health import curve_flags
+
+    flags = curve_flags(curve([5.0 + 0.01 * (i % 3) for i in range(40)]), finished=False)
+    assert kinds(flags) == ["underfit"] and "learning rate" in flags[0].text
+
+
+def test_a_loss_still_falling_steeply_at_the_end_of_a_finished_run_says_train_longer():
+    from runner.watch.health import curve_flags
+
+    falling = [5.0 * 0.97**i for i in range(50)]
+    assert kinds(curve_flags(curve(falling), finished=True)) == ["underfit"]
+    assert "train longer" in curve_flags(curve(falling), finished=True)[0].text
+    assert curve_flags(curve(falling), finished=False) == []  # still running: nothing to say yet
+    plateau = [max(1.0, 5.0 * 0.8**i) for i in range(50)]
+    assert curve_flags(curve(plateau), finished=True) == []  # a good fit: it levelled off
+
+
+def test_an_eval_loss_far_below_train_or_too_noisy_flags_the_validation_set():
+    from runner.watch.health import curve_flags
+
+    train = [max(2.0, 5.0 * 0.9**i) for i in range(40)]
+    easy = curve_flags(curve(train, [(10, 0.9), (20, 0.8), (30, 0.8), (40, 0.7)]), finished=True)
+    assert kinds(easy) == ["validation"] and "representative" in easy[0].text
+    noisy = curve_flags(curve(train, [(10, 2.1), (20, 3.5), (30, 1.9), (40, 3.6)]), finished=True)
+    assert kinds(noisy) == ["validation"] and "eval_split" in noisy[0].text
+    steady = curve_flags(curve(train, [(10, 2.3), (20, 2.2), (30, 2.2), (40, 2.2)]), finished=True)
+    assert steady == []
+
+
+def test_over_fitting_names_the_lowest_eval_loss_and_the_checkpoint_before_it():
+    from runner.watch.health import overfit_flags
+
+    train = [5.0 * 0.95**i for i in range(40)]
+    recs = curve(train, [(10, 3.0), (20, 2.5), (25, 2.6), (30, 2.8), (40, 3.1)])
+    flag = overfit_flags(recs, checkpoints=[10, 20, 30, 40])[0]
+    assert "2.500 at step 20" in flag.text and "checkpoint-20" in flag.text

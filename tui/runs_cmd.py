@@ -62,7 +62,21 @@ def summary(r: RunDir) -> dict:
         "exit_code": status.get("exit_code"),
         "last_error": error or None,
         "download": status.get("download") if state == "downloading" else None,
+        "diagnosis": diagnosis(r, state),
     }
+
+
+def diagnosis(r: RunDir, state: str) -> list[str]:
+    """The learning-curve diagnoses (runner.watch.health) of a run that trained: texts with the action."""
+    from runner.rundir.metrics import MetricsTail
+    from runner.watch.health import curve_flags, overfit_flags
+
+    records = MetricsTail(r.metrics).read()
+    steps = sorted(
+        int(p.name.split("-")[1]) for p in r.checkpoints.glob("checkpoint-*") if p.name.split("-")[1].isdigit()
+    )
+    flags = overfit_flags(records, steps) + curve_flags(records, finished=state == "finished")
+    return [f.text for f in flags]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,4 +136,8 @@ def render(rows: list[dict]) -> None:
             state += " " + downloading(r["download"])
         eta = _eta(r["eta_s"]) if r["state"] == "running" else "-"
         t.add_row(r["id"], r["tool"], state, step, number(r["loss"], "{:.4f}"), eta, started)
-    Console(highlight=False).print(t)
+    console = Console(highlight=False)
+    console.print(t)
+    for r in rows:
+        for text in r.get("diagnosis") or []:
+            console.print(f"[yellow]{r['id']}: {text}[/yellow]")

@@ -19,7 +19,7 @@ OVER_PLAN = 1.10
 @dataclass(frozen=True)
 class Flag:
     kind: str
-    """nan | spike | overfit | stall | memory"""
+    """nan | spike | overfit | underfit | validation | stall | memory"""
     level: str
     """error | warning"""
     text: str
@@ -48,23 +48,88 @@ def loss_flags(records: Sequence[dict[str, Any]]) -> list[Flag]:
     return []
 
 
-def overfit_flags(records: Sequence[dict[str, Any]]) -> list[Flag]:
-    evals = [r["eval_loss"] for r in records if _finite(r.get("eval_loss"))]
+def overfit_flags(records: Sequence[dict[str, Any]], checkpoints: Sequence[int] = ()) -> list[Flag]:
+    """Seed 002 §7.2.2: train loss keeps falling while the validation loss, after falling, turns up.
+    Names the lowest eval loss so far and the checkpoint nearest before it (`checkpoints`: their steps)."""
+    evals = [(r.get("step"), r["eval_loss"]) for r in records if _finite(r.get("eval_loss"))]
     train = [r["loss"] for r in records if _finite(r.get("loss"))]
     if len(evals) < 3 or len(train) < 10:
         return []
-    rising = evals[-3] < evals[-2] < evals[-1]
+    last = [v for _, v in evals[-3:]]
+    rising = last[0] < last[1] < last[2]
     falling = statistics.mean(train[-5:]) < statistics.mean(train[-10:-5])
     if rising and falling:
+        best_step, best = min(evals, key=lambda e: e[1])
+        kept = [c for c in checkpoints if best_step is not None and c <= best_step]
+        where = f"checkpoint-{max(kept)}" if kept else "the checkpoint nearest that step"
         return [
             Flag(
                 "overfit",
                 "warning",
-                f"eval loss rising ({evals[-3]:.3f} → {evals[-1]:.3f}) while train loss "
-                "falls: over-fitting; stop at the best checkpoint or add data",
+                f"eval loss rising ({last[0]:.3f} → {last[2]:.3f}) while train loss falls: over-fitting; "
+                f"the lowest eval loss so far is {best:.3f} at step {best_step}: stop and use {where}, or add data",
             )
         ]
     return []
+
+
+def curve_flags(records: Sequence[dict[str, Any]], finished: bool) -> list[Flag]:
+    """The learning-curve diagnoses of seed 002 §7.2 besides over-fitting, each with the action to take.
+
+    Under-fitting: train loss flat and high (it barely moved from where it started), or still falling
+    steadily when training ended. An unrepresentative validation set: eval loss far below the train
+    loss at the same time, or too noisy to read (its recent values scatter more than training moves)."""
+    train = [(r.get("step") or 0, r["loss"]) for r in records if _finite(r.get("loss"))]
+    evals = [r["eval_loss"] for r in records if _finite(r.get("eval_loss"))]
+    out: list[Flag] = []
+    if len(train) >= 10:
+        n = max(2, len(train) // 5)
+        first = statistics.mean(v for _, v in train[:n])
+        end = statistics.mean(v for _, v in train[-n:])
+        before_end = statistics.mean(v for _, v in train[-2 * n : -n])
+        if first > 0 and end > 0.95 * first:
+            out.append(
+                Flag(
+                    "underfit",
+                    "warning",
+                    f"train loss is flat ({first:.3f} → {end:.3f}): the model is not learning the data; raise the "
+                    "learning rate, train longer, or give it more capacity (higher LoRA rank, or full fine-tuning)",
+                )
+            )
+        elif finished and end < 0.97 * before_end:
+            out.append(
+                Flag(
+                    "underfit",
+                    "warning",
+                    f"train loss was still falling when training ended ({before_end:.3f} → {end:.3f} over the last "
+                    "fifth): under-fitted; train longer (more epochs or max_steps)",
+                )
+            )
+        if evals:
+            latest_train = statistics.mean(v for _, v in train[-n:])
+            if evals[-1] < 0.7 * latest_train:
+                out.append(
+                    Flag(
+                        "validation",
+                        "warning",
+                        f"eval loss ({evals[-1]:.3f}) is far below train loss ({latest_train:.3f}): the validation "
+                        "set is easier than the training data or overlaps it; hold out a representative split",
+                    )
+                )
+            elif len(evals) >= 4:
+                recent = evals[-4:]
+                spread = statistics.pstdev(recent) / max(statistics.mean(recent), 1e-9)
+                moved = abs(train[-1][1] - train[-n][1]) / max(train[-n][1], 1e-9)
+                if spread > 0.15 and spread > 2 * moved:
+                    out.append(
+                        Flag(
+                            "validation",
+                            "warning",
+                            f"eval loss is too noisy to read (its last values scatter by {spread:.0%}): "
+                            "use a larger evaluation split (dataset.eval_split)",
+                        )
+                    )
+    return out
 
 
 def stall_flags(records: Sequence[dict[str, Any]], now: float, running: bool, gpu_util: float | None) -> list[Flag]:
@@ -124,11 +189,14 @@ def assess(
     running: bool,
     gpu_util: float | None = None,
     planned_gib: float | None = None,
+    finished: bool = False,
+    checkpoints: Sequence[int] = (),
 ) -> list[Flag]:
     """Every warning that applies to a run now."""
     return (
         loss_flags(records)
-        + overfit_flags(records)
+        + overfit_flags(records, checkpoints)
+        + curve_flags(records, finished)
         + stall_flags(records, now, running, gpu_util)
         + memory_flags(records, planned_gib)
     )

@@ -3,6 +3,8 @@ warnings, and the log's tail. New metrics are read incrementally (never the whol
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 from collections import deque
 from typing import Any
@@ -223,11 +225,21 @@ class MonitorScreen(Screen):
             running=state == "running",
             gpu_util=self.gpu_util(),
             planned_gib=info.planned_peak_gib if info else None,
+            finished=state == "finished",
+            checkpoints=self.checkpoint_steps(),
         )
         text = Text()
         for flag in flags:
             text.append(f" ⚠ {flag.text}\n", style="bold red" if flag.level == "error" else "yellow")
         show(self.query_one("#mon-flags", Static), text)
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the run's saved checkpoints (to name the best one when it over-fits)."""
+        path = getattr(self.info, "path", None) if self.info else None
+        folder = Path(path) / "checkpoints" if path else None
+        if folder is None or not folder.is_dir():
+            return []
+        return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
 
     def memory_text(self) -> Text:
         """One line per rank: reserved memory as a bar with the planned peak marked (│)."""
