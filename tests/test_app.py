@@ -478,6 +478,25 @@ async def test_the_runs_tab_lists_runs_and_opens_one(tmp_path):
         await until(pilot, lambda: "failed" in text_of(app, "#mon-header"))
 
 
+async def test_the_monitor_of_an_evaluated_run_shows_what_ftui_eval_measured(tmp_path):
+    root = tmp_path / "runs"
+    run = new_run_dir(root, "done")
+    run.recipe.write_text("tuner: lora\n")
+    run.set_status("finished")
+    run.metrics.write_text(json.dumps({"step": 80, "total_steps": 80, "loss": 1.25, "time": 1.0}) + "\n")
+    result = {"loss": 1.4321, "perplexity": 4.19, "examples": 12, "samples": [{"prompt": "Say hi", "generated": "Hi!"}]}
+    (run.path / "eval.json").write_text(json.dumps(result))
+    app = make_app("none", runs=DirRunSource(root), initial_tab="runs")
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one("#runs-table", DataTable)
+        await until(pilot, lambda: table.row_count == 1, what="the run")
+        table.focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: "ftui eval" in text_of(app, "#mon-stats"), what="the evaluation")
+        stats = text_of(app, "#mon-stats")
+        assert "loss 1.4321" in stats and "ppl 4.19" in stats and "12 examples" in stats and "Hi!" in stats
+
+
 async def test_runs_of_other_tools_are_listed_watched_and_left_alone(tmp_path):
     """A LLaMA-Factory output dir and an ms-swift one under a watched directory: listed with their
     tool, opened in the monitor with their loss points; stop and resume are not offered for them."""

@@ -3,6 +3,8 @@ warnings, and the log's tail. New metrics are read incrementally (never the whol
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import math
@@ -217,6 +219,14 @@ class MonitorScreen(Screen):
             f"  smp/s {_num(_latest(self.records, 'samples_per_s'), '{:,.2f}')}",
             f"\ntokens {_num(last.get('tokens'), '{:,}')}",
         )
+        evaluated = self.evaluation()
+        if evaluated:
+            stats.append(
+                f"\nftui eval: loss {_num(evaluated.get('loss'), '{:.4f}')}"
+                f"  ppl {_num(evaluated.get('perplexity'), '{:.2f}')}  ({evaluated.get('examples', '?')} examples)"
+            )
+            for sample in (evaluated.get("samples") or [])[:1]:
+                stats.append(f"\n  {str(sample.get('prompt'))[:40]} → {str(sample.get('generated'))[:60]}", style="dim")
         show(self.query_one("#mon-stats", Static), stats)
         show(self.query_one("#mon-memory", Static), self.memory_text())
         flags = assess(
@@ -232,6 +242,17 @@ class MonitorScreen(Screen):
         for flag in flags:
             text.append(f" ⚠ {flag.text}\n", style="bold red" if flag.level == "error" else "yellow")
         show(self.query_one("#mon-flags", Static), text)
+
+    def evaluation(self) -> dict | None:
+        """What `ftui eval` measured for this run (RUN_DIR/eval.json), if it ran."""
+        path = getattr(self.info, "path", None) if self.info else None
+        if not path:
+            return None
+        try:
+            data = json.loads((Path(path) / "eval.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def checkpoint_steps(self) -> list[int]:
         """Steps of the run's saved checkpoints (to name the best one when it over-fits)."""
