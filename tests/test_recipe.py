@@ -226,3 +226,14 @@ def test_an_fsdp_recipe_with_cpu_offload_is_accepted_and_plans_fsdp():
         )
     )
     assert r.distributed.fsdp == "full_shard" and r.distributed.offload == "optimizer+params"
+
+
+def test_fsdp_cpu_offload_on_a_machine_without_a_gpu_is_refused_before_launch_and_planned_on_gpus():
+    recipe = apply_overrides(
+        load_recipe(find_recipe("tiny-demo")),
+        ["distributed.fsdp=full_shard", "distributed.offload=optimizer+params", "distributed.gpus=2"],
+    )
+    with pytest.raises(RecipeError, match="offload policy needs a GPU"):
+        resolve(recipe, Machine())
+    on_gpus = resolve(apply_overrides(recipe, ["distributed.device=auto"]), A100X8)
+    assert on_gpus.fsdp == "full_shard" and on_gpus.launcher == "torchrun" and on_gpus.plan.setup.fsdp == "full_shard"

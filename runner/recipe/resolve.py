@@ -179,6 +179,12 @@ def resolve(recipe: Recipe, machine: Machine, *, gpu: str | None = None) -> RunS
     device = d.device if d.device != AUTO else ("cuda" if machine.gpus else "cpu")
     if device == "cuda" and not machine.gpus and gpu is None:
         raise RecipeError(f"{src} distributed.device", "cuda was asked for but no NVIDIA GPU is visible here")
+    if device == "cpu" and d.fsdp != "none" and d.offload != "none":
+        raise RecipeError(
+            f"{src} distributed.offload",
+            "FSDP's CPU offload moves shards between the GPU and host memory, and torch's offload policy needs "
+            "a GPU (on this machine: 'Cannot access accelerator device'); on the CPU use distributed.offload none",
+        )
     gpus = d.gpus if d.gpus != AUTO else (machine.gpus or 1)
     if device == "cuda" and machine.gpus and gpus > machine.gpus:
         raise RecipeError(f"{src} distributed.gpus", f"{gpus} GPUs asked for, {machine.gpus} visible")
