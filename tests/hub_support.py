@@ -36,8 +36,11 @@ MAMBA_CFG = {
     "state_size": 16,
     "vocab_size": 50280,
 }
-RESOLVE = re.compile(r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<filename>.+)")
-API = re.compile(r"/api/models/(?P<repo>[^/]+/[^/]+)/(?P<kind>revision|tree)/(?P<revision>[^/]+)(?P<rest>/.*)?")
+RESOLVE = re.compile(r"/(?:datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<filename>.+)")
+API = re.compile(
+    r"/api/(?:models|datasets)/(?P<repo>[^/]+/[^/]+)/(?P<kind>revision|tree)/(?P<revision>[^/]+)(?P<rest>/.*)?"
+)
+"""Models and data sets share one namespace here (the real hub keeps them apart; the tests never need both)."""
 
 
 @dataclass

@@ -197,3 +197,44 @@ def test_a_download_cut_part_way_is_fetched_again_whole_and_the_run_trains(
     assert len(gets) >= 2  # the dropped transfer was tried again
     snapshot = next((hf_home / f"models--{REPO.replace('/', '--')}" / "snapshots").iterdir())
     assert (snapshot / "model.safetensors").read_bytes() == tiny_repo_files["model.safetensors"]  # whole, not cut
+
+
+def test_a_hub_data_set_is_fetched_before_launch_its_split_chosen_and_the_run_trains_on_it(
+    hub, hf_home, runs, capsys, tmp_path
+):
+    rows = [{"instruction": f"Say {w}.", "input": "", "output": f"{w}!"} for w in ("hi", "yes", "no", "ok") * 10]
+    shard = lambda part: "".join(json.dumps(r) + "\n" for r in part).encode()  # noqa: E731
+    hub.add(
+        "acme/tiny-instructions",
+        files={
+            "README.md": b"# tiny",
+            "data/train-00000-of-00002.jsonl": shard(rows[:20]),
+            "data/train-00001-of-00002.jsonl": shard(rows[20:]),
+            "data/test-00000-of-00001.jsonl": shard(rows[:4]),
+        },
+    )
+    text = find_recipe("tiny-demo").read_text()
+    model = find_recipe("tiny-demo").parent / "tiny" / "model"
+    text = text.replace("path: tiny/model", f"path: {model}").replace(
+        "path: tiny/data/instructions.jsonl", "path: acme/tiny-instructions"
+    )
+    recipe = tmp_path / "hub-data.yaml"
+    recipe.write_text(text)
+    assert main(["train", str(recipe), "--set", "train.max_steps=4", "--set", "train.save_steps=4"]) == 0
+    err = capsys.readouterr().err
+    assert "data set acme/tiny-instructions (train) from the Hub" in err
+    run = only_run(runs)
+    local = Path(load_recipe_path(run))
+    assert local.is_file() and sum(1 for _ in local.open()) == 40  # both train shards, not the test split
+    assert await_run_processes(run, timeout=240) == []
+    assert run.explain()[0] == "finished", run.log.read_text()[-2000:]
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--set", "dataset.split=validation", "--dry-run"]) == 2
+    message = capsys.readouterr().err
+    assert "no files for split 'validation'" in message and "data/test-00000-of-00001.jsonl" in message
+
+
+def load_recipe_path(run: RunDir) -> str:
+    from runner.recipe.schema import load_recipe
+
+    return load_recipe(run.recipe).dataset.path

@@ -35,6 +35,7 @@ from runner.rundir.runs import (
 )
 
 from planner.hub import HubError
+from runner.data.hub import fetch_dataset, hub_dataset_id
 
 from .build import LaunchPlan, build_launch, spawn_detached
 from .download import DownloadPlan, check_disk, hub_repo, plan_download
@@ -54,10 +55,21 @@ class Started:
 
 
 def absolute_paths(recipe: Recipe) -> Recipe:
-    """Recipe paths made absolute (the resolved recipe is read from the run directory later)."""
+    """Recipe paths made absolute (the resolved recipe is read from the run directory later); a Hub
+    data set is fetched here and named by its local file (runner.data.hub)."""
     model_path = recipe.path_of(recipe.model.path)
     model = recipe.model if not model_path.exists() else dataclasses.replace(recipe.model, path=str(model_path))
-    data = dataclasses.replace(recipe.dataset, path=str(recipe.path_of(recipe.dataset.path)))
+    d = recipe.dataset
+    repo = hub_dataset_id(d.path, recipe.base_dir())
+    if repo is not None:
+        try:
+            local = fetch_dataset(repo, subset=d.subset, split=d.split)
+        except (HubError, DataError) as err:
+            raise RecipeError(f"{recipe.source or 'recipe'} dataset.path", str(err)) from None
+        print(f"ftui: data set {repo} ({d.split}) from the Hub: {local}", file=sys.stderr)
+        data = dataclasses.replace(d, path=str(local))
+    else:
+        data = dataclasses.replace(d, path=str(recipe.path_of(d.path)))
     if isinstance(data.eval_split, str) and data.eval_split != AUTO:
         data = dataclasses.replace(data, eval_split=str(recipe.path_of(data.eval_split)))
     return recipe.but(model=model, dataset=data)

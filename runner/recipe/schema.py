@@ -46,7 +46,12 @@ class ModelSection:
 @dataclass(frozen=True)
 class DatasetSection:
     path: str = ""
-    """jsonl / json / csv / parquet file, or a directory saved by `datasets`."""
+    """jsonl / json / csv / parquet file, a directory saved by `datasets`, or a Hub data set `org/name`
+    (fetched before launch; see runner.data.hub)."""
+    subset: str = ""
+    """A Hub data set's subset (configuration) directory, when it has several."""
+    split: str = "train"
+    """The Hub data set's split to train on."""
     format: str = AUTO
     """auto | alpaca | sharegpt | messages | text."""
     eval_split: Union[float, str] = 0.0
