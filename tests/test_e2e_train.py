@@ -474,3 +474,22 @@ def test_a_run_whose_checkpoints_would_not_fit_the_disk_is_refused_before_launch
     err = capsys.readouterr().err
     assert "train.save_total_limit" in err and "4 x" in err and "GB free" in err and "Traceback" not in err
     assert not runs_dir.exists() or not list(runs_dir.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("remove", "init", "says"),
+    [("tokenizer.json", "random", "has no tokenizer"), (None, "pretrained", "has no weights")],
+)
+def test_a_local_model_without_its_tokenizer_or_weights_is_refused_before_launch(
+    capsys, runs_dir, tmp_path, remove, init, says
+):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(Path(DEMO).parent / "tiny" / "model", model)
+    if remove:
+        (model / remove).unlink()
+    code = main(["train", DEMO, "--set", f"model.path={model}", "--set", f"model.init={init}"])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "Traceback" not in err
+    assert not runs_dir.exists() or not list(runs_dir.iterdir())

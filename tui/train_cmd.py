@@ -8,7 +8,7 @@ from pathlib import Path
 
 from recipes import find_recipe
 from runner.launch.download import describe
-from runner.launch.lifecycle import PlanRefused, check_data, model_download, prepare, start_run
+from runner.launch.lifecycle import PlanRefused, check_data, check_model_files, model_download, prepare, start_run
 from runner.recipe.schema import RecipeError, dump_recipe
 from runner.recipe.resolve import verdict
 from runner.rundir.runs import RunError
@@ -80,6 +80,7 @@ def dry_run(path: Path, overrides: list[str]) -> int:
         f"(p95 {tokens.get('p95', 0)}), {data.get('approx_overlong', 0)} longer than max_seq_len"
     )
     ok, problems = verdict(settings)
+    check_model_files(settings)
     download = model_download(settings)
     if download is not None:
         print("\n".join("# " + line for line in describe(download).splitlines()))

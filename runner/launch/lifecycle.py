@@ -90,6 +90,32 @@ def check_data(settings: RunSettings) -> dict:
         raise RecipeError(f"{recipe.source or 'recipe'} dataset", str(err)) from None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+
+
+def check_model_files(settings: RunSettings) -> None:
+    """A local model directory has what the run loads: a tokenizer, and weights unless the run starts
+    from a random initialisation. RecipeError naming what is missing, before anything starts."""
+    recipe = settings.recipe
+    path = Path(recipe.model.path)
+    if not path.is_dir():
+        return  # a Hub id: its files are planned by model_download
+    where = f"{recipe.source or 'recipe'} model.path"
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise RecipeError(
+            where,
+            f"{path} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])}, ...): copy the base model's tokenizer "
+            "files next to its config.json",
+        )
+    if recipe.model.init != "random" and not any(any(path.glob(g)) for g in WEIGHT_GLOBS):
+        raise RecipeError(
+            where,
+            f"{path} has no weights (*.safetensors or pytorch_model*.bin): point model.path at the full model, "
+            "or set model.init: random to train from its config alone",
+        )
+
+
 def model_download(settings: RunSettings) -> DownloadPlan | None:
     """What the run must fetch from the Hub before training (None: a local model, or random init);
     RecipeError when it cannot come (gated, missing, offline, no room), before anything starts."""
@@ -184,6 +210,7 @@ def start_run(
     ok, problems = verdict(settings)
     if not ok and not force:
         raise PlanRefused(refusal_message(settings, problems))
+    check_model_files(settings)
     download = model_download(settings)
     recipe = settings.recipe
     default = recipe.output.dir == "runs"
