@@ -125,3 +125,37 @@ async def test_plan_launch_watch_and_stop_the_tiny_model_from_the_app(runs_root)
             await asyncio.sleep(0.2)
         assert run.status()["state"] == "stopped"
         assert app.is_running
+
+
+async def test_chat_with_a_finished_run_from_its_monitor(runs_root, capsys):
+    from textual.widgets import RichLog
+
+    from tui.app.chat import ChatScreen
+    from tui.cli import main
+
+    demo = str(REPO / "recipes" / "tiny-demo.yaml")
+    assert (
+        main(["train", demo, "--set", "tuner=lora", "--set", "train.max_steps=4", "--set", "train.save_steps=4"]) == 0
+    )
+    run_id = capsys.readouterr().out.split()[1].rstrip(":")
+    from conftest import await_run_processes
+
+    assert await_run_processes(RunDir(runs_root / run_id), timeout=240) == []
+    app = FtuiApp(NvmlGpuSource(FakeNvml("none")), DirRunSource(runs_root), open_run=run_id)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
+        monitor = app.screen
+        await until(pilot, lambda: monitor.info is not None and monitor.info.state == "finished", what="finished")
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, ChatScreen), what="the chat screen")
+        chat = app.screen
+        await until(pilot, lambda: chat.ready, timeout=120, what="the model loaded in its own process")
+        chat.query_one(Input).value = "Give three tips for staying healthy."
+        await pilot.press("enter")
+        log = chat.query_one(RichLog)
+        await until(pilot, lambda: len(chat.history) == 2, timeout=120, what="the answer")
+        assert chat.history[1]["role"] == "assistant"
+        assert any("model:" in str(line) for line in log.lines)
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="back on the monitor")
+    assert chat.proc.wait(timeout=10) is not None  # the model's process went with the screen

@@ -85,6 +85,16 @@ def generate(model, tok, turns: list[dict], max_new_tokens: int, temperature: fl
 def chat(args) -> int:
     run = RunDir(args.run_dir)
     tuned, base, tok = load_models(run, args.checkpoint, args.compare)
+    if args.jsonl:  # for the app: one request per line in ({"messages": [...]}), one answer per line out
+        print(json.dumps({"ready": True, "run": run.id}), flush=True)
+        for line in sys.stdin:
+            try:
+                turns = json.loads(line)["messages"]
+                answer = generate(tuned, tok, turns, args.max_new_tokens, args.temperature)
+                print(json.dumps({"answer": answer}), flush=True)
+            except (ValueError, KeyError, TypeError) as err:
+                print(json.dumps({"error": f"bad request: {err}"}), flush=True)
+        return 0
     if args.prompt is not None:
         turns = [{"role": "user", "content": args.prompt}]
         if base is not None:
@@ -205,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "chat":
             p.add_argument("--prompt", default=None)
             p.add_argument("--compare", action="store_true")
+            p.add_argument("--jsonl", action="store_true", help="requests and answers as JSON lines (the app)")
             p.add_argument("--temperature", type=float, default=0.0)
         else:
             p.add_argument("--data", type=Path, default=None)

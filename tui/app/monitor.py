@@ -119,6 +119,7 @@ class MonitorScreen(Screen):
         Binding("s", "stop", "stop"),
         Binding("R", "resume", "resume"),
         Binding("l", "logs", "log"),
+        Binding("c", "chat", "chat"),
         Binding("q", "app.quit", "quit"),
     ]
 
@@ -292,6 +293,9 @@ class MonitorScreen(Screen):
         """The footer offers stop and resume only where they work (run_keys)."""
         if action in ("stop", "resume"):
             return self.keys.get(action)
+        if action == "chat":  # a finished ftui run has a final model to talk to; otherwise not offered
+            info = self.info
+            return True if info is not None and info.tool == "ftui" and info.state == "finished" else False
         return True
 
     def action_back(self) -> None:
@@ -299,6 +303,12 @@ class MonitorScreen(Screen):
 
     def action_logs(self) -> None:
         self.app.push_screen(LogScreen(self.source, self.run_id))
+
+    def action_chat(self) -> None:
+        from .chat import ChatScreen
+
+        if self.info is not None:
+            self.app.push_screen(ChatScreen(Path(self.info.path), self.run_id))
 
     def action_stop(self) -> None:
         def done(confirmed: bool | None) -> None:
