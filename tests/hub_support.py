@@ -60,6 +60,11 @@ class Repo:
     cut_after: int | None = None
     """The first download of a file larger than this stops after this many bytes (the connection drops)."""
     cut_done: bool = False
+    hang_after: int | None = None
+    """The first download of a file larger than this sends this many bytes, then waits (a slow link)
+    until `released` is set; the client is expected to be killed meanwhile."""
+    hung: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -151,6 +156,9 @@ class StandInHub:
         if api:
             return self._api(req, match, repo, with_body)
         body = repo.files.get(match["filename"])
+        big = body is not None and with_body and repo.hang_after is not None and len(body) > repo.hang_after
+        if big and not repo.hung.is_set():
+            return self._hang(req, body, repo)
         if (
             body is not None
             and repo.cut_after is not None
@@ -190,6 +198,18 @@ class StandInHub:
             for name, body in repo.files.items()
         ]
         self._send(req, 200, {"Content-Type": "application/json"}, json.dumps(tree).encode(), with_body)
+
+    def _hang(self, req, body: bytes, repo: "Repo") -> None:
+        blob = hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest()
+        req.send_response(200)
+        for key, value in {"X-Repo-Commit": COMMIT, "ETag": f'"{blob}"', "Content-Length": str(len(body))}.items():
+            req.send_header(key, value)
+        req.end_headers()
+        req.wfile.write(body[: repo.hang_after])
+        req.wfile.flush()
+        repo.hung.set()
+        repo.released.wait(60)
+        req.close_connection = True
 
     def _cut(self, req, body: bytes, after: int) -> None:
         blob = hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest()

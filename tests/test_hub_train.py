@@ -238,3 +238,26 @@ def load_recipe_path(run: RunDir) -> str:
     from runner.recipe.schema import load_recipe
 
     return load_recipe(run.recipe).dataset.path
+
+
+def test_a_download_killed_with_its_supervisor_is_fetched_again_by_resume_and_the_run_trains(
+    hub, hf_home, tiny_repo_files, recipe, runs, capsys
+):
+    import signal
+
+    repo = hub.add(REPO, files=dict(tiny_repo_files), hang_after=300_000)
+    assert main(["train", str(recipe), "--set", "train.max_steps=2", "--set", "train.save_steps=2"]) == 0
+    run = only_run(runs)
+    assert repo.hung.wait(120), run.log.read_text()[-2000:]  # 300 kB of the weights are in, the rest stalls
+    assert run.effective_state() == "downloading"
+    os.killpg(run.launches()[-1]["pgid"], signal.SIGKILL)
+    assert await_run_processes(run, timeout=60) == []
+    repo.released.set()
+    assert run.effective_state() == "dead"
+    assert main(["resume", str(run.path)]) == 0
+    assert await_run_processes(run, timeout=240) == []
+    assert run.explain()[0] == "finished", run.log.read_text()[-3000:]
+    gets = [s for s in hub.seen() if s.method == "GET" and s.path.endswith("/model.safetensors")]
+    assert len(gets) == 2  # huggingface_hub 2.4 downloads into a per-process temp file: the file starts over
+    snapshot = next((hf_home / f"models--{REPO.replace('/', '--')}" / "snapshots").iterdir())
+    assert (snapshot / "model.safetensors").read_bytes() == tiny_repo_files["model.safetensors"]

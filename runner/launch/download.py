@@ -13,7 +13,9 @@ are no safetensors), config, generation config, tokenizer and chat template file
 the recipe trusts remote code; never `original/` checkpoints, GGUF, ONNX or other frameworks'
 weights. A transfer that drops part way is fetched again by huggingface_hub and lands whole (the
 cache never holds a cut file under its name); a download killed with its supervisor is started again
-by `ftui resume`, huggingface_hub picking up its `.incomplete` blobs.
+by `ftui resume`: the files already in the cache are kept, the one that was cut starts over
+(huggingface_hub 2.4 downloads each file into a temp file of its own process, so it cannot continue
+another process's bytes).
 """
 
 from __future__ import annotations
