@@ -135,13 +135,15 @@ def attach(run: RunDir, raw: bool = False, poll_s: float = 0.25) -> int:
             state = run.effective_state()
             if state == "downloading":
                 d = run.status().get("download") or {}
-                lines = lines[-49:] + [
+                text = (
                     f"downloading {d.get('repo_id', 'the model')}: {(d.get('done') or 0) / 1e9:.2f}/"
                     f"{(d.get('total') or 0) / 1e9:.2f} GB, {(d.get('bytes_per_s') or 0) / 1e6:.0f} MB/s"
-                ]
-                if live is None and lines[-1] != printed:
-                    print(lines[-1], flush=True)
-                    printed = lines[-1]
+                )
+                if not lines or lines[-1] != text:
+                    lines = lines[-49:] + [text]
+                if live is None and text != printed:
+                    print(text, flush=True)
+                    printed = text
             if live is not None:
                 flags = assess(records, now=time.time(), running=state == "running")
                 live.update(_view(run, records, state, lines, flags))
