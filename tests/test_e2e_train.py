@@ -295,10 +295,12 @@ def test_unknown_lora_targets_are_refused_at_launch(capsys, runs_dir):
 
 
 def test_a_run_that_crashes_is_failed_with_its_error_line(capsys, runs_dir, tmp_path):
+    import shutil
+
     model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text((Path(find_recipe("tiny-demo")).parent / "tiny/model/config.json").read_text())
-    run = train(capsys, f"model.path={model}", *QUICK)  # no tokenizer files: fails in the training process
+    shutil.copytree(Path(find_recipe("tiny-demo")).parent / "tiny" / "model", model)
+    (model / "tokenizer.json").write_text("{ not json")  # there, so the launch's checks pass; unreadable
+    run = train(capsys, f"model.path={model}", *QUICK)  # fails in the training process
     assert wait_end(run) == "failed"
     status = run.status()
     assert status["exit_code"] != 0 and status["last_error"], status
