@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import select
 import signal
 import sys
 import tempfile
@@ -40,7 +39,7 @@ if str(REPO) not in sys.path:
 from recipes import find_recipe  # noqa: E402
 from runner.launch.lifecycle import resume_run, start_run  # noqa: E402
 from runner.rundir.checkpoints import MARKER, inspect_checkpoint  # noqa: E402
-from runner.rundir.runs import ACTIVE, RunDir  # noqa: E402
+from runner.rundir.runs import ACTIVE, RunDir, await_exit  # noqa: E402
 
 TARGETS = ("supervisor", "trainer", "both")
 MOMENTS = ("step", "save")
@@ -93,26 +92,6 @@ def trainers(run: RunDir) -> list[int]:
         if state != "Z" and b"runner.train" in cmd and needle in cmd:
             found.append(int(entry.name))
     return found
-
-
-def await_exit(pids: list[int], timeout: float) -> list[int]:
-    fds = {}
-    for pid in pids:
-        try:
-            fds[os.pidfd_open(pid)] = pid
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while fds:
-        ready, _, _ = select.select(list(fds), [], [], max(deadline - time.monotonic(), 0))
-        if not ready:
-            break
-        for fd in ready:
-            os.close(fd)
-            fds.pop(fd)
-    for fd in fds:
-        os.close(fd)
-    return list(fds.values())
 
 
 def _partial(run: RunDir) -> list[Path]:

@@ -65,36 +65,10 @@ def kill_runs(root: Path) -> None:
                 pass
 
 
-def await_exit(pids: list[int], timeout: float) -> list[int]:
-    """Wait (on pidfds, no polling) until every pid has exited; returns those still alive at `timeout`."""
-    import select
-    import time
-
-    fds = {}
-    for pid in pids:
-        try:
-            fds[os.pidfd_open(pid)] = pid
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    try:
-        while fds:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select(list(fds), [], [], max(left, 0))
-            if not ready:
-                break
-            for fd in ready:
-                os.close(fd)
-                del fds[fd]
-    finally:
-        alive = list(fds.values())
-        for fd in fds:
-            os.close(fd)
-    return alive
-
-
 def await_run_processes(run, timeout: float = 240) -> list[int]:
     """Wait until the supervisor and every training process of the run's latest launch have exited."""
+    from runner.rundir.runs import await_exit
+
     pids = [int(launch["pid"]) for launch in run.launches()[-1:] if launch.get("pid")]
     pids += [entry["pid"] for entry in run.rank_processes()]
     return await_exit(pids, timeout)
@@ -151,3 +125,15 @@ def hub(hf_home, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     yield server
     server.stop()
+
+
+def ftui(capsys, *argv: str) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of `ftui ARGV` (argparse errors exit through SystemExit)."""
+    from tui.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

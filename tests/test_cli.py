@@ -9,7 +9,7 @@ import pytest
 
 from runner.machine.fake_nvml import FakeNvml
 from runner.machine.nvml import NoGpu, NvmlReader
-from tui.cli import main
+from conftest import ftui
 
 PER_GPU_KEYS = {
     "weights_gib",
@@ -23,16 +23,6 @@ PER_GPU_KEYS = {
     "nvml_used_gib",
 }
 ESTIMATE_KEYS = {"fits", "per_gpu", "cpu_ram_gib", "max_micro_batch", "max_seq_len", "tokens_per_s"}
-
-
-def ftui(capsys, *argv: str) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of `ftui ARGV` (argparse errors exit through SystemExit)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def ftui_json(capsys, *argv: str):

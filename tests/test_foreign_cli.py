@@ -12,17 +12,9 @@ from test_foreign import LF_LINES, hf_state, write_jsonl, write_state
 
 from runner.rundir.runs import new_run_dir
 from tui import app_cmd
-from tui.cli import main, parse
+from conftest import ftui
+from tui.cli import parse
 from tui.runs_cmd import number
-
-
-def ftui(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

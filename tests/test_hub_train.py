@@ -149,8 +149,8 @@ def test_a_missing_hub_model_is_refused_by_name(hub, hf_home, recipe, runs, caps
     assert main(["train", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert f"no model {REPO}" in err and "Traceback" not in err
-    assert json.dumps([]) == json.dumps([p.name for p in runs.iterdir()] if runs.exists() else [])
-    assert os.environ.get("HF_ENDPOINT") == hub.url
+    assert not runs.exists() or not list(runs.iterdir())  # nothing launched
+    assert any(s.path.startswith(f"/{REPO}/resolve/") for s in hub.seen())  # the stand-in hub was asked
 
 
 def test_ftui_runs_shows_a_downloading_run_with_bytes_and_rate(tmp_path, capsys, monkeypatch):

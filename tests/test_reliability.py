@@ -25,9 +25,17 @@ from runner.launch import supervise
 from runner.launch.lifecycle import _no_hangup, resume_run
 from runner.rundir.checkpoints import MARKER, inspect_checkpoint, interrupted, newest_complete, write_marker
 from runner.rundir.lock import acquire_launch, held, share
-from runner.rundir.runs import RunDir, RunError, new_run_dir, process_start_time, request_stop, write_json_atomic
+from runner.rundir.runs import (
+    RunDir,
+    RunError,
+    await_exit,
+    new_run_dir,
+    process_start_time,
+    request_stop,
+    write_json_atomic,
+)
 
-from conftest import REPO, await_exit, await_run_processes
+from conftest import REPO, await_run_processes
 
 HOST = socket.gethostname()
 

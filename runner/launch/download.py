@@ -29,23 +29,8 @@ from pathlib import Path
 from typing import Callable
 
 from planner.hub import HubError, endpoint, hub_cache_dir, hub_error, looks_like_repo_id
+from runner.recipe.modelfiles import CONFIG_FILES, PYTORCH_BIN, SAFETENSORS, TOKENIZER_FILES
 
-CONFIGS = [
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-]
-SAFETENSORS = ["*.safetensors", "*.safetensors.index.json"]
-PYTORCH_BIN = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 NEVER = ["original/*", "*.gguf", "*.onnx", "*.onnx_data", "*.msgpack", "*.h5", "*.ot", "*.tflite", "*.mlmodel"]
 LOCAL_FIX = "or set model.path to a local model directory"
 
@@ -134,7 +119,7 @@ def plan_download(repo_id: str, revision: str = "main", trust_remote_code: bool 
     found = None
     for weights in (SAFETENSORS, PYTORCH_BIN):
         try:
-            infos = _dry_run(repo_id, revision, CONFIGS + weights + extra, offline)
+            infos = _dry_run(repo_id, revision, [*CONFIG_FILES, *TOKENIZER_FILES, *weights, *extra], offline)
         except Exception as err:
             if offline:
                 raise _offline_error(repo_id) from None

@@ -20,7 +20,8 @@ from pathlib import Path
 from planner.report import estimate_json
 from runner.data.check import check_dataset
 from runner.data.records import DataError
-from runner.recipe.resolve import Machine, RunSettings, detect_machine, planner_setup, resolve, verdict
+from runner.recipe.modelfiles import PYTORCH_BIN, SAFETENSORS, TOKENIZER_VOCAB
+from runner.recipe.resolve import Machine, RunSettings, detect_machine, resolve, verdict
 from runner.recipe.schema import AUTO, Recipe, RecipeError, apply_overrides, dump_recipe, load_recipe, validate
 from runner.rundir.checkpoints import MARKER, checkpoint_bytes, newest_complete
 from runner.rundir.lock import LockBusy, acquire_launch
@@ -90,10 +91,6 @@ def check_data(settings: RunSettings) -> dict:
         raise RecipeError(f"{recipe.source or 'recipe'} dataset", str(err)) from None
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
-WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
-
-
 def check_model_files(settings: RunSettings) -> None:
     """A local model directory has what the run loads: a tokenizer, and weights unless the run starts
     from a random initialisation. RecipeError naming what is missing, before anything starts."""
@@ -102,13 +99,13 @@ def check_model_files(settings: RunSettings) -> None:
     if not path.is_dir():
         return  # a Hub id: its files are planned by model_download
     where = f"{recipe.source or 'recipe'} model.path"
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+    if not any((path / name).is_file() for name in TOKENIZER_VOCAB):
         raise RecipeError(
             where,
-            f"{path} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])}, ...): copy the base model's tokenizer "
+            f"{path} has no tokenizer ({', '.join(TOKENIZER_VOCAB[:3])}, ...): copy the base model's tokenizer "
             "files next to its config.json",
         )
-    if recipe.model.init != "random" and not any(any(path.glob(g)) for g in WEIGHT_GLOBS):
+    if recipe.model.init != "random" and not any(any(path.glob(g)) for g in (*SAFETENSORS, *PYTORCH_BIN)):
         raise RecipeError(
             where,
             f"{path} has no weights (*.safetensors or pytorch_model*.bin): point model.path at the full model, "
@@ -140,16 +137,7 @@ def checkpoint_bytes_estimate(settings: RunSettings) -> int:
     from planner.memory import params, widths
 
     arch = settings.model.arch
-    setup = planner_setup(
-        settings.recipe,
-        zero=settings.zero,
-        offload=settings.offload,
-        precision=settings.precision,
-        attn=settings.attn,
-        micro_batch=settings.micro_batch,
-        grad_ckpt=settings.grad_ckpt,
-        seq_len=settings.max_seq_len,
-    )
+    setup = settings.plan.setup if settings.plan is not None else settings.planner_setup()
     pr, w = params(arch, setup), widths(setup)
     saved = pr.adapter * 4 if pr.adapter else pr.total * (4 if settings.precision == "fp32" else 2)
     moments = {"adamw": 2, "sgd": 1}.get(setup.optim, 2)

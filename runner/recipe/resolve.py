@@ -90,6 +90,20 @@ class RunSettings:
     def deepspeed(self) -> bool:
         return self.zero > 0
 
+    def planner_setup(self) -> Setup:
+        """The planner's view of this run, as resolved (what `plan` was evaluated for on GPUs)."""
+        return planner_setup(
+            self.recipe,
+            zero=self.zero,
+            offload=self.offload,
+            precision=self.precision,
+            attn=self.attn,
+            micro_batch=self.micro_batch,
+            grad_ckpt=self.grad_ckpt,
+            seq_len=self.max_seq_len,
+            grad_accum=self.grad_accum,
+        )
+
     def resolved_recipe(self) -> Recipe:
         """The recipe with every auto replaced by what this run uses."""
         r = self.recipe

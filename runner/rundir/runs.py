@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import socket
 import time
@@ -294,6 +295,30 @@ def request_stop(run: RunDir, grace_s: float = 10.0) -> str:
     return "killed"
 
 
+def await_exit(pids: list[int], timeout: float) -> list[int]:
+    """Wait on pidfds (no polling) until every pid has exited; the pids still alive at `timeout`."""
+    fds: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fds[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    try:
+        while fds:
+            ready, _, _ = select.select(list(fds), [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                break
+            for fd in ready:
+                os.close(fd)
+                del fds[fd]
+    finally:
+        alive = list(fds.values())
+        for fd in fds:
+            os.close(fd)
+    return alive
+
+
 def _kill_pid(pid: int, start_time: int | None, grace_s: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if not process_alive(pid, start_time):
@@ -302,9 +327,8 @@ def _kill_pid(pid: int, start_time: int | None, grace_s: float) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and process_alive(pid, start_time):
-            time.sleep(0.1)
+        if not await_exit([pid], grace_s):
+            return
 
 
 def _kill_group(pgid: int, grace_s: float) -> None:

@@ -24,22 +24,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from runner.recipe.modelfiles import TOKENIZER_FILES
 from runner.recipe.schema import load_recipe
 from runner.rundir.metrics import last_record
 from runner.rundir.runs import RunDir
 
 DTYPES = ("bf16", "fp16", "fp32")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 
 
 class ExportError(RuntimeError):

@@ -128,6 +128,7 @@ class MonitorScreen(Screen):
         self.source = source
         self.run_id = run_id
         self.tail = source.tail(run_id)
+        self._file_cache: dict[str, tuple[int | None, Any]] = {}
         self.gpu_util = gpu_util
         self.gpu_used = gpu_used
         self.records: list[dict[str, Any]] = []
@@ -244,24 +245,42 @@ class MonitorScreen(Screen):
             text.append(f" ⚠ {flag.text}\n", style="bold red" if flag.level == "error" else "yellow")
         show(self.query_one("#mon-flags", Static), text)
 
+    def _run_file(self, *parts: str) -> Path | None:
+        path = getattr(self.info, "path", None) if self.info else None
+        return Path(path).joinpath(*parts) if path else None
+
+    def _cached(self, key: str, path: Path | None, read):
+        """`read(path)`, redone only when the file (or directory) changes: the monitor refreshes twice a
+        second, the evaluation and the checkpoint list change rarely."""
+        try:
+            stamp = path.stat().st_mtime_ns if path is not None else None
+        except OSError:
+            stamp = None
+        cache = self._file_cache
+        if key not in cache or cache[key][0] != stamp:
+            cache[key] = (stamp, read(path) if stamp is not None else None)
+        return cache[key][1]
+
     def evaluation(self) -> dict | None:
         """What `ftui eval` measured for this run (RUN_DIR/eval.json), if it ran."""
-        path = getattr(self.info, "path", None) if self.info else None
-        if not path:
-            return None
-        try:
-            data = json.loads((Path(path) / "eval.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+
+        def read(path: Path) -> dict | None:
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+            return data if isinstance(data, dict) else None
+
+        return self._cached("eval", self._run_file("eval.json"), read)
 
     def checkpoint_steps(self) -> list[int]:
         """Steps of the run's saved checkpoints (to name the best one when it over-fits)."""
-        path = getattr(self.info, "path", None) if self.info else None
-        folder = Path(path) / "checkpoints" if path else None
-        if folder is None or not folder.is_dir():
-            return []
-        return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+
+        def read(folder: Path) -> list[int]:
+            names = (p.name.split("-")[1] for p in folder.glob("checkpoint-*"))
+            return sorted(int(n) for n in names if n.isdigit())
+
+        return self._cached("checkpoints", self._run_file("checkpoints"), read) or []
 
     def memory_text(self) -> Text:
         """One line per rank: reserved memory as a bar with the planned peak marked (│)."""
