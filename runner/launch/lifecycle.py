@@ -38,8 +38,11 @@ from runner.rundir.runs import (
 from planner.hub import HubError
 from runner.data.hub import fetch_dataset, hub_dataset_id
 
-from .build import LaunchPlan, build_launch, spawn_detached
+from runner.machine import slurm as slurm_cmd
+
+from .build import PACKAGE_ROOT, LaunchPlan, build_launch, spawn_detached
 from .download import DownloadPlan, check_disk, hub_repo, plan_download
+from .slurm import SlurmRequest, batch_script, job_machine, request_from_json, request_json, sbatch_argv, sbatch_options
 from .supervise import disk_full_message, free_interrupted_save
 
 
@@ -53,6 +56,8 @@ class Started:
     settings: RunSettings
     launch: LaunchPlan
     pid: int
+    job_id: str | None = None
+    """The Slurm job, for a run submitted with --slurm (pid is then 0)."""
 
 
 def absolute_paths(recipe: Recipe) -> Recipe:
@@ -76,10 +81,21 @@ def absolute_paths(recipe: Recipe) -> Recipe:
     return recipe.but(model=model, dataset=data)
 
 
-def prepare(recipe_path: Path, overrides: list[str], machine: Machine | None = None) -> RunSettings:
-    """Read, override, check and resolve a recipe (nothing is written)."""
+def prepare(
+    recipe_path: Path,
+    overrides: list[str],
+    machine: Machine | None = None,
+    *,
+    slurm: SlurmRequest | None = None,
+    gpu: str | None = None,
+) -> RunSettings:
+    """Read, override, check and resolve a recipe (nothing is written). With `slurm`, for the nodes
+    and GPUs the job asks for on its partition (runner.launch.slurm.job_machine), not this machine."""
+    if slurm is not None:
+        machine, gpu, extra = job_machine(slurm, gpu)
+        overrides = [*extra, *overrides]
     recipe = validate(apply_overrides(load_recipe(recipe_path), overrides))  # before paths: "" is not the recipe's dir
-    return resolve(absolute_paths(recipe), machine or detect_machine())
+    return resolve(absolute_paths(recipe), machine or detect_machine(), gpu=gpu)
 
 
 def check_data(settings: RunSettings) -> dict:
@@ -191,9 +207,11 @@ def start_run(
     force: bool = False,
     machine: Machine | None = None,
     python: str = sys.executable,
+    slurm: SlurmRequest | None = None,
+    gpu: str | None = None,
 ) -> Started:
-    """Create the run directory and launch the run detached."""
-    settings = prepare(recipe_path, overrides, machine)
+    """Create the run directory and launch the run detached (with `slurm`: submit it as a job)."""
+    settings = prepare(recipe_path, overrides, machine, slurm=slurm, gpu=gpu)
     check_data(settings)
     ok, problems = verdict(settings)
     if not ok and not force:
@@ -213,6 +231,8 @@ def start_run(
                 run.plan.write_text(json.dumps(estimate_json(settings.plan), indent=2) + "\n")
         except OSError as err:
             raise RunError(_write_failed(run, err)) from None
+        if slurm is not None:
+            return submit_job(run, settings, slurm, python, download)
         return _launch(run, settings, None, python, lock, download)
 
 
@@ -282,12 +302,7 @@ def _launch(
                     "host": socket.gethostname(),
                     "created": time.time(),
                     "markers": True,
-                    # fetched by the supervisor before training (runner.launch.download)
-                    "download": (
-                        {**download.as_json(), "trust_remote_code": settings.recipe.model.trust_remote_code}
-                        if download is not None and not download.complete
-                        else None
-                    ),
+                    "download": _download_record(settings, download),
                 }
             )
             run.begin_launch_status(len(run.launches()))
@@ -304,6 +319,56 @@ def _launch(
     return Started(run, settings, plan, pid)
 
 
+def _download_record(settings: RunSettings, download: DownloadPlan | None) -> dict | None:
+    """What the supervisor fetches before training (runner.launch.download), if anything."""
+    if download is None or download.complete:
+        return None
+    return {**download.as_json(), "trust_remote_code": settings.recipe.model.trust_remote_code}
+
+
+def submit_job(
+    run: RunDir, settings: RunSettings, request: SlurmRequest, python: str, download: DownloadPlan | None
+) -> Started:
+    """Write RUN_DIR/slurm.sbatch and submit it (runner.launch.slurm); the run is `queued` with the
+    job id in launch.json. A refused submission leaves the run `failed` with sbatch's words."""
+    env = {"PYTHONPATH": str(PACKAGE_ROOT), "PYTHONUNBUFFERED": "1"}
+    options = sbatch_options(request, run.id, settings.gpus_per_node, settings.device == "cuda")
+    script = run.path / "slurm.sbatch"
+    argv = sbatch_argv(script, run.path)
+    with _no_hangup():
+        try:
+            script.write_text(batch_script(run.path, options, python, env), encoding="utf-8")
+            record = {
+                "request": request_json(request),
+                "job_id": None,
+                "gpu": settings.plan.cluster.gpu.key if settings.plan is not None else None,
+            }
+            run.record_launch(
+                {
+                    "argv": argv,
+                    "env": env,
+                    "launcher": settings.launcher,
+                    "resume_from": None,  # the job resumes from the newest checkpoint each time it starts
+                    "host": socket.gethostname(),
+                    "created": time.time(),
+                    "markers": True,
+                    "download": _download_record(settings, download),
+                    "slurm": record,
+                }
+            )
+            run.begin_launch_status(len(run.launches()))
+        except OSError as err:
+            raise RunError(_write_failed(run, err)) from None
+        try:
+            job = slurm_cmd.submit(argv)
+        except slurm_cmd.SlurmError as err:
+            run.set_status("failed", phase="done", last_error=str(err), ended=time.time())
+            raise RunError(f"{err} (the run directory {run.path} keeps the script)") from None
+        run.update_last_launch(slurm={**record, "job_id": job})
+        run.set_status("queued", job_id=job)
+    return Started(run, settings, LaunchPlan(tuple(argv), env, {}, "slurm"), 0, job)
+
+
 def resume_run(run: RunDir, *, machine: Machine | None = None, python: str = sys.executable) -> Started:
     """Relaunch `run` from its newest complete checkpoint (same world size)."""
     with run_lock(run) as lock:
@@ -315,11 +380,19 @@ def resume_run(run: RunDir, *, machine: Machine | None = None, python: str = sys
                 f"run {run.id} finished: it trained all its steps, so there is nothing to resume. "
                 f"To train longer, start a new run from {run.recipe} with a larger train.max_steps or train.epochs"
             )
+        launches = run.launches()
+        job = (launches[-1].get("slurm") or {}) if launches else {}
         try:
-            settings = resolve(load_recipe(run.recipe), machine or detect_machine())
+            if job:
+                request = request_from_json(job.get("request") or {})
+                machine, gpu, _ = job_machine(request, job.get("gpu"))
+                settings = resolve(load_recipe(run.recipe), machine, gpu=gpu)
+            else:
+                settings = resolve(load_recipe(run.recipe), machine or detect_machine())
         except RecipeError as err:
             raise RunError(f"cannot read {run.recipe}: {err}") from None
-        launches = run.launches()
+        except slurm_cmd.SlurmError as err:
+            raise RunError(str(err)) from None
         marked = any(entry.get("markers") for entry in launches)
         best, skipped = newest_complete(run.checkpoints, settings.world, require_marker=marked)
         saved = [r for r in skipped if (r.path / MARKER).exists() or not marked]
@@ -348,6 +421,8 @@ def resume_run(run: RunDir, *, machine: Machine | None = None, python: str = sys
         run.stop_request.unlink(missing_ok=True)
         if best is None:  # it ended before its first save finished: nothing to lose by starting over
             print(f"ftui: {run.id} has no finished checkpoint yet; it starts again from step 0", file=sys.stderr)
+        if job:
+            return submit_job(run, settings, request, python, download)
         return _launch(run, settings, str(best.path) if best else None, python, lock, download)
 
 

@@ -5,13 +5,16 @@ A run lives in `<output.dir>/<run-id>/`:
     recipe.yaml      the resolved recipe (no `auto` left)
     plan.json        the planner's estimate for it
     launch.json      every launch: argv, environment delta, pid/pgid, host, start time
-    status.json      queued | downloading | running | stopping | stopped | finished | failed (+ exit code, last error)
+    status.json      queued | downloading | running | stopping | stopped | finished | failed | cancelled
+                     (+ exit code, last error)
     metrics.jsonl    one object per logging step
     train.log        stdout + stderr of every process
     checkpoints/     HF Trainer checkpoints
     stop.request     present while a graceful stop is asked for
     run.lock         held by the launch, the supervisor and every training process (runner.rundir.lock)
     ranks/           one file per training process: pid, start time, host, rank (runner.train.guard)
+    nodes/           one file per node: its GPUs as NVML saw them at the last logging step
+    slurm.sbatch     the batch script of a run submitted with --slurm (job id: launch.json)
 
 A run whose status says it is active while none of its processes lives (killed, machine rebooted)
 is reported as `dead`, or `failed` if it never got past `queued` (see RunDir.explain).
@@ -33,7 +36,8 @@ from typing import Any
 from .lock import held as lock_held
 
 ACTIVE = ("queued", "downloading", "running", "stopping")
-STATES = ACTIVE + ("stopped", "finished", "failed", "dead")
+STATES = ACTIVE + ("stopped", "finished", "failed", "dead", "cancelled")
+"""`cancelled`: a Slurm job cancelled from outside ftui (scancel, preemption without requeue)."""
 
 
 class RunError(LookupError):
@@ -165,9 +169,14 @@ class RunDir:
         status = self.status() if status is None else status
         state = status.get("state", "queued")
         error = status.get("last_error") or ""
-        if state not in ACTIVE or (not holding_lock and lock_held(self.path)):
+        if state not in ACTIVE:
             return state, error
         launches = self.launches() if launches is None else launches
+        job_id = ((launches[-1].get("slurm") or {}).get("job_id") if launches else None) or None
+        if job_id is not None:
+            return self._explain_job(state, error, str(job_id))
+        if not holding_lock and lock_held(self.path):
+            return state, error
         sup = self.supervisor(launches)
         if sup is not None and process_alive(*sup):
             return state, error
@@ -183,6 +192,46 @@ class RunDir:
                 "the launch was interrupted before the run's supervisor started; `ftui resume` starts it again",
             )
         return "failed", error or f"the run's supervisor exited before training started; see {self.log}"
+
+    def job(self, launches: list[dict[str, Any]] | None = None) -> tuple[str | None, Any]:
+        """(job id, what Slurm says of it: runner.machine.slurm.JobState or None) of a run submitted
+        with --slurm; (None, None) for a local run or when Slurm cannot be asked from here."""
+        launches = self.launches() if launches is None else launches
+        job_id = ((launches[-1].get("slurm") or {}).get("job_id") if launches else None) or None
+        if job_id is None:
+            return None, None
+        from runner.machine import slurm
+
+        try:
+            return str(job_id), slurm.job_state(str(job_id))
+        except slurm.SlurmError:
+            return str(job_id), None
+
+    def _explain_job(self, state: str, error: str, job_id: str) -> tuple[str, str]:
+        """An active run of a Slurm job: the controller's word decides what is alive."""
+        from runner.machine import slurm
+
+        try:
+            job = slurm.job_state(job_id)
+        except slurm.SlurmError:
+            return state, error  # no Slurm from here (not a login node): status.json as written
+        if job is None:
+            gone = f"Slurm no longer knows job {job_id} and the run did not record its end; see {self.log}"
+            return ("failed" if state == "queued" else "dead"), error or gone
+        if job.pending:
+            return "queued", error
+        if job.running:
+            return state, error
+        if job.state == "CANCELLED":
+            return ("stopped", error) if self.stop_request.exists() else ("cancelled", error)
+        if job.state == "COMPLETED":
+            return "failed", error or f"the Slurm job ended without recording how the run ended; see {self.log}"
+        if job.state == "TIMEOUT":
+            return "failed", error or (
+                f"Slurm job {job_id} reached its time limit before the run could checkpoint; `ftui resume` "
+                "continues from the newest checkpoint (ask for a longer --time)"
+            )
+        return "failed", error or f"Slurm job {job_id} {job.label()} (exit {job.exit_code or '?'}); see {self.log}"
 
     def rank_processes(self) -> list[dict[str, Any]]:
         """The training processes the latest launch recorded on this host (runner.train.guard)."""
@@ -275,6 +324,9 @@ def request_stop(run: RunDir, grace_s: float = 10.0) -> str:
     state = run.effective_state()
     if state not in ACTIVE:
         raise RunError(f"run {run.id} is {state}; nothing to stop")
+    job_id, job = run.job()
+    if job_id is not None:
+        return _stop_job(run, state, job_id, job)
     if not run.stop_request.exists():
         run.stop_request.write_text(f"{time.time()}\n")
         if state != "queued":
@@ -293,6 +345,34 @@ def request_stop(run: RunDir, grace_s: float = 10.0) -> str:
         _kill_pid(entry["pid"], entry.get("start_time"), grace_s)
     run.set_status("stopped", forced=True, last_error="killed by a second `ftui stop`")
     return "killed"
+
+
+def _stop_job(run: RunDir, state: str, job_id: str, job: Any) -> str:
+    """A Slurm run: a pending job is cancelled at once (nothing to save); a running one is asked to
+    checkpoint and exit (its supervisor ends the step if that takes too long); asked twice, scancel."""
+    from runner.machine import slurm
+
+    asked = run.stop_request.exists() and run.stop_request.read_text().strip() != "time-limit"
+    if job is not None and job.pending or asked:
+        run.stop_request.write_text(f"{time.time()}\n")
+        try:
+            slurm.cancel(job_id)
+        except slurm.SlurmError as err:
+            raise RunError(f"could not cancel Slurm job {job_id}: {err}") from None
+        run.set_status(
+            "stopped",
+            phase="done",
+            ended=time.time(),
+            forced=asked,
+            last_error=(
+                f"Slurm job {job_id} cancelled by a second `ftui stop`" if asked else "stopped before the job started"
+            ),
+        )
+        return "killed" if asked else "cancelled"
+    run.stop_request.write_text(f"{time.time()}\n")
+    if state != "queued":
+        run.set_status("stopping")
+    return "requested"
 
 
 def await_exit(pids: list[int], timeout: float) -> list[int]:

@@ -1,0 +1,158 @@
+"""Slurm runs: what a job asks for, and the batch script that starts a run on the allocation.
+
+The commands themselves (sbatch, squeue, scancel, ...) are behind runner.machine.slurm.
+
+How a run becomes a job (`ftui train RECIPE --slurm`):
+
+- The run directory is written as for a local run (recipe.yaml, plan.json) on the shared
+  filesystem, then `RUN_DIR/slurm.sbatch` and `sbatch --parsable` with the job's options. The job
+  id goes into the launch record (`launch.json`: `slurm.job_id`).
+- The batch script runs `python -m runner.launch.slurm_job` on the allocation's first node. That
+  process is the run's supervisor there: it picks the newest complete checkpoint (so a requeued
+  job resumes by itself), writes status.json, and starts ONE `srun` step with one task per node,
+  `python -m runner.launch.slurm_node`, which builds that node's launcher (torchrun, accelerate or
+  deepspeed, node rank = SLURM_NODEID, rendezvous on the first node's NodeAddr) and runs it.
+- `--signal=B:USR1@N`: Slurm signals the batch process N seconds before the time limit; the
+  supervisor asks the trainer to checkpoint (the stop request), and when it has, requeues the job
+  (`scontrol requeue`), which then starts again from that checkpoint. `--requeue` lets Slurm requeue
+  it after a preemption or a node failure as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.machine import slurm
+from runner.machine.slurm import SlurmError, time_limit_s
+from runner.recipe.resolve import Machine
+
+WARN_BEFORE_END_S = 300
+"""Seconds before the time limit that the batch step is told to checkpoint (`--signal`); a
+checkpoint of a 70B model's adapter takes seconds, a full 8B with optimizer states a minute or two."""
+STOP_GRACE_S = 600
+"""After a stop request, how long the job may take to checkpoint and exit before it is ended."""
+
+
+@dataclass(frozen=True)
+class SlurmRequest:
+    """What `ftui train --slurm` asks the cluster for."""
+
+    partition: str | None = None
+    nodes: int = 1
+    gpus_per_node: int | None = None
+    """GPUs (processes) per node; None: the partition's GPUs per node, or 1 on a CPU partition."""
+    time: str | None = None
+    """Time limit as sbatch takes it (MM, HH:MM:SS, D-HH:MM:SS)."""
+    account: str | None = None
+    sbatch_args: tuple[str, ...] = field(default_factory=tuple)
+    """Extra sbatch options, each one argument (`--qos=high`, `--exclusive`)."""
+
+    def check(self) -> None:
+        if self.nodes < 1:
+            raise SlurmError(f"--nodes {self.nodes}: a job needs at least one node")
+        if self.gpus_per_node is not None and self.gpus_per_node < 1:
+            raise SlurmError(f"--gpus-per-node {self.gpus_per_node}: give 1 or more")
+        if self.time is not None and time_limit_s(self.time) is None:
+            raise SlurmError(
+                f"--time {self.time!r} is not a Slurm time limit: use MM, HH:MM:SS or D-HH:MM:SS (e.g. 24:00:00)"
+            )
+        for arg in self.sbatch_args:
+            if not arg.startswith("-") or "\n" in arg:
+                raise SlurmError(f"--sbatch-arg {arg!r}: give one sbatch option per flag, e.g. --sbatch-arg=--qos=high")
+
+    def warn_before_end_s(self) -> int:
+        """When to signal before the end: WARN_BEFORE_END_S, but within the first half of a short job."""
+        limit = time_limit_s(self.time) if self.time else None
+        return WARN_BEFORE_END_S if limit is None else max(30, min(WARN_BEFORE_END_S, limit // 2))
+
+
+# --- the batch script ----------------------------------------------------------------------
+
+
+def sbatch_options(request: SlurmRequest, run_id: str, gpus_per_node: int, cuda: bool) -> list[str]:
+    """The job's options: written into the script as #SBATCH lines and meant to be read there."""
+    opts = [
+        f"--job-name=ftui-{run_id}",
+        f"--nodes={request.nodes}",
+        "--ntasks-per-node=1",  # one launcher per node; it starts the node's processes itself
+        "--requeue",  # after a preemption or a node failure the job starts again (and resumes)
+        f"--signal=B:USR1@{request.warn_before_end_s()}",  # checkpoint before the time limit
+        "--open-mode=append",  # a requeued job appends to train.log
+    ]
+    if cuda:
+        opts.append(f"--gpus-per-node={gpus_per_node}")
+    if request.partition:
+        opts.append(f"--partition={request.partition}")
+    if request.time:
+        opts.append(f"--time={request.time}")
+    if request.account:
+        opts.append(f"--account={request.account}")
+    return opts + list(request.sbatch_args)
+
+
+def batch_script(run_dir: Path, options: list[str], python: str, env: dict[str, str]) -> str:
+    lines = [
+        "#!/bin/bash",
+        f"# The Slurm job of ftui run {run_dir.name}. Submitted by `ftui train --slurm`; `ftui resume`",
+        "# submits it again. The first node runs the run's supervisor, which starts one srun step",
+        "# with one launcher per node (python -m runner.launch.slurm_node).",
+        *(f"#SBATCH {opt}" for opt in options),
+        "set -e",
+        *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())),
+        f"exec {shlex.quote(python)} -m runner.launch.slurm_job --run-dir {shlex.quote(str(run_dir))}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def sbatch_argv(script: Path, run_dir: Path) -> list[str]:
+    """The submission: paths on the command line (never parsed out of a #SBATCH line)."""
+    return ["sbatch", "--parsable", f"--output={run_dir / 'train.log'}", f"--chdir={run_dir}", str(script)]
+
+
+# --- what the job runs on ------------------------------------------------------------------
+
+
+def job_machine(request: SlurmRequest, gpu: str | None = None) -> tuple[Machine, str | None, list[str]]:
+    """The machine to plan for (the partition's GPUs, K nodes of G), the GPU type, and the recipe
+    overrides that say so (distributed.nodes/gpus/device). SlurmError when the partition cannot
+    give what is asked for or its GPUs have no known type."""
+    from planner import gpu_spec
+
+    request.check()
+    part = slurm.partition(request.partition)
+    cuda = part.gpus_per_node > 0 or gpu is not None
+    per_node = request.gpus_per_node or part.gpus_per_node or 1
+    if not cuda:
+        device, machine, name = "cpu", Machine(), None
+    else:
+        name = gpu or part.gpu_type
+        if name is None:
+            raise SlurmError(
+                f"partition {part.name} has {part.gpus_per_node} GPU(s) per node but its Gres names no type; "
+                "say which with --gpu (e.g. --gpu a100-80g)"
+            )
+        try:
+            spec = gpu_spec(name)
+        except ValueError as err:
+            raise SlurmError(f"the GPUs of partition {part.name} ({name}): {err}; say which with --gpu") from None
+        if part.gpus_per_node and per_node > part.gpus_per_node:
+            raise SlurmError(
+                f"--gpus-per-node {per_node}: the nodes of partition {part.name} have {part.gpus_per_node} GPU(s)"
+            )
+        device, machine, name = "cuda", Machine((spec.name,) * per_node, spec.memory_mib), spec.key
+    overrides = [f"distributed.nodes={request.nodes}", f"distributed.gpus={per_node}", f"distributed.device={device}"]
+    return machine, name, overrides
+
+
+def request_json(request: SlurmRequest) -> dict:
+    return {**dataclasses.asdict(request), "sbatch_args": list(request.sbatch_args)}
+
+
+def request_from_json(data: dict) -> SlurmRequest:
+    fields = {f.name for f in dataclasses.fields(SlurmRequest)}
+    kept = {k: v for k, v in data.items() if k in fields}
+    kept["sbatch_args"] = tuple(kept.get("sbatch_args") or ())
+    return SlurmRequest(**kept)
