@@ -29,12 +29,9 @@ import time
 
 from runner.machine import slurm
 from runner.rundir.lock import LockBusy, acquire_launch, share
-from runner.rundir.runs import RunDir
+from runner.rundir.runs import TIME_LIMIT_REQUEST, RunDir, time_limit_pause
 
 from .slurm import STOP_GRACE_S
-
-TIME_LIMIT_REQUEST = "time-limit\n"
-"""What the supervisor writes into stop.request when Slurm warns of the time limit."""
 
 
 def free_port() -> int:
@@ -79,7 +76,7 @@ class JobSupervisor:
         run = self.run
         signal.signal(signal.SIGUSR1, self._on_usr1)
         signal.signal(signal.SIGTERM, self._on_term)
-        if run.stop_request.exists() and run.stop_request.read_text() != TIME_LIMIT_REQUEST:
+        if run.stop_request.exists() and not time_limit_pause(run.path):
             run.set_status("stopped", exit_code=0, last_error="stopped before it started", phase="done")
             run.stop_request.unlink(missing_ok=True)
             return 0
@@ -171,13 +168,14 @@ class JobSupervisor:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue ends this process's job
             try:
                 slurm.requeue(self.job_id)
-                _start_soon(self.job_id)
+                # Slurm holds a requeued batch job for a while (Reason BeginTime, two minutes) first.
+                print(f"ftui: job {self.job_id} requeued; Slurm starts it again after its requeue hold", flush=True)
             except slurm.SlurmError as err:
                 run.set_status("stopped", phase="done", last_error=f"could not requeue: {err}; `ftui resume` resubmits")
                 return 1
             return 0
         if self.terminated and code != 0:
-            stop = run.stop_request.exists() and run.stop_request.read_text() != TIME_LIMIT_REQUEST
+            stop = run.stop_request.exists() and not time_limit_pause(run.path)
             run.set_status(
                 "stopped" if stop else "cancelled",
                 exit_code=code,
@@ -189,17 +187,6 @@ class JobSupervisor:
             return code
         _record_end(run, code, log_offset)
         return code
-
-
-def _start_soon(job_id: str) -> None:
-    """A requeued job waits two minutes (BeginTime) before Slurm starts it again; ask for now.
-    Best effort: a cluster that does not allow it starts the job after that wait instead."""
-    for _ in range(20):
-        try:
-            slurm._slurm(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
-            return
-        except slurm.SlurmError:
-            time.sleep(0.2)
 
 
 def _at(settings, node_rank: int, master: str, port: int):

@@ -40,6 +40,19 @@ STATES = ACTIVE + ("stopped", "finished", "failed", "dead", "cancelled")
 """`cancelled`: a Slurm job cancelled from outside ftui (scancel, preemption without requeue)."""
 
 
+TIME_LIMIT_REQUEST = "time-limit\n"
+"""stop.request's text when a Slurm job's supervisor asks for a checkpoint before the time limit
+(then requeues the job): the run pauses, it is not stopped."""
+
+
+def time_limit_pause(run_dir: Path) -> bool:
+    """Is the stop request a Slurm time-limit pause (runner.launch.slurm_job)?"""
+    try:
+        return (Path(run_dir) / "stop.request").read_text() == TIME_LIMIT_REQUEST
+    except OSError:
+        return False
+
+
 class RunError(LookupError):
     """A run that cannot be found or acted on; the message says what to do."""
 
@@ -352,7 +365,7 @@ def _stop_job(run: RunDir, state: str, job_id: str, job: Any) -> str:
     checkpoint and exit (its supervisor ends the step if that takes too long); asked twice, scancel."""
     from runner.machine import slurm
 
-    asked = run.stop_request.exists() and run.stop_request.read_text().strip() != "time-limit"
+    asked = run.stop_request.exists() and not time_limit_pause(run.path)
     if job is not None and job.pending or asked:
         run.stop_request.write_text(f"{time.time()}\n")
         try:

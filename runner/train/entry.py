@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.recipe.schema import Recipe, load_recipe
-from runner.rundir.runs import RunDir
+from runner.rundir.runs import RunDir, time_limit_pause
 
 ATTN = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}
 OPTIM = {
@@ -376,7 +376,9 @@ def train(run: RunDir, resume_from: str | None) -> int:
             trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model(str(run.path / "final"))
     write_final_status(run, run.plan)
-    if rank() == 0:
+    if rank() == 0 and time_limit_pause(run.path):
+        run.set_status("stopping", step=trainer.state.global_step)  # the Slurm job requeues and resumes
+    elif rank() == 0:
         run.set_status("stopped" if stopped else "finished", step=trainer.state.global_step)
     _leave_process_group()
     return 0
