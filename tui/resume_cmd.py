@@ -41,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
     launch = target.launches()[-1]
     origin = Path(launch["resume_from"]).name if launch.get("resume_from") else "the start (no checkpoint was saved)"
-    print(f"resumed {target.id} from {origin}")
+    if started.job_id is not None:
+        print(f"resubmitted {target.id} as Slurm job {started.job_id}; it trains from {origin} when it starts")
+    else:
+        print(f"resumed {target.id} from {origin}")
     if args.attach:
         return follow.attach(target, raw=args.raw)
     return 0 if started else 1

@@ -63,7 +63,18 @@ def summary(r: RunDir) -> dict:
         "last_error": error or None,
         "download": status.get("download") if state == "downloading" else None,
         "diagnosis": diagnosis(r, state),
+        "slurm": slurm_summary(r, launches),
     }
+
+
+def slurm_summary(r: RunDir, launches: list[dict]) -> dict | None:
+    """The Slurm job of a run submitted with --slurm: id, Slurm's state and reason, as shown."""
+    job_id, job = r.job(launches)
+    if job_id is None:
+        return None
+    if job is None:
+        return {"job_id": job_id, "state": None, "reason": None, "label": "gone from Slurm"}
+    return {"job_id": job_id, "state": job.state, "reason": job.reason or None, "label": job.label()}
 
 
 def diagnosis(r: RunDir, state: str) -> list[str]:
@@ -125,8 +136,9 @@ def render(rows: list[dict]) -> None:
     from rich.table import Table
 
     t = Table(box=None, pad_edge=False)
-    for col in ("run", "tool", "state", "step", "loss", "ETA", "started"):
-        t.add_column(col)
+    jobs = any(r.get("slurm") for r in rows)
+    for col in ("run", "tool", "state", *(("slurm job",) if jobs else ()), "step", "loss", "ETA", "started"):
+        t.add_column(col, no_wrap=col == "run")
     for r in rows:
         step = f"{r['step']}/{r['total_steps'] or '?'}" if r["step"] is not None else "-"
         started = time.strftime("%m-%d %H:%M", time.localtime(r["started"])) if r["started"] else "-"
@@ -135,7 +147,8 @@ def render(rows: list[dict]) -> None:
         if r["state"] == "downloading" and r.get("download"):
             state += " " + downloading(r["download"])
         eta = _eta(r["eta_s"]) if r["state"] == "running" else "-"
-        t.add_row(r["id"], r["tool"], state, step, number(r["loss"], "{:.4f}"), eta, started)
+        job = (f"{r['slurm']['job_id']} {r['slurm']['label']}",) if r.get("slurm") else ("-",) if jobs else ()
+        t.add_row(r["id"], r["tool"], state, *job, step, number(r["loss"], "{:.4f}"), eta, started)
     console = Console(highlight=False)
     console.print(t)
     for r in rows:

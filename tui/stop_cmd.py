@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from runner.launch.slurm import STOP_GRACE_S
 from runner.rundir.runs import RunError, request_stop
 from runner.watch.foreign import ForeignRun
 from runner.watch.locate import processes_using
@@ -59,11 +60,22 @@ def run(args: argparse.Namespace) -> int:
         outcome = request_stop(target)
     except RunError as err:
         raise CliError(str(err)) from None
-    if outcome == "requested":
+    job_id, _ = target.job()
+    if outcome == "requested" and job_id is not None:
+        print(
+            f"asked {target.id} to save a checkpoint and stop after its current step; Slurm job {job_id} "
+            f"ends within {STOP_GRACE_S // 60} minutes even if it does not; `ftui stop {target.id}` again "
+            "cancels it now"
+        )
+    elif outcome == "requested":
         print(
             f"asked {target.id} to save a checkpoint and stop after its current step; "
             f"`ftui stop {target.id}` again kills it now"
         )
+    elif outcome == "cancelled":
+        print(f"cancelled Slurm job {job_id} of {target.id} before it started")
+    elif job_id is not None:
+        print(f"cancelled Slurm job {job_id} of {target.id} (scancel)")
     else:
         print(f"killed {target.id}")
     return 0

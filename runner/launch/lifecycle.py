@@ -327,7 +327,12 @@ def _download_record(settings: RunSettings, download: DownloadPlan | None) -> di
 
 
 def submit_job(
-    run: RunDir, settings: RunSettings, request: SlurmRequest, python: str, download: DownloadPlan | None
+    run: RunDir,
+    settings: RunSettings,
+    request: SlurmRequest,
+    python: str,
+    download: DownloadPlan | None,
+    resume_from: str | None = None,
 ) -> Started:
     """Write RUN_DIR/slurm.sbatch and submit it (runner.launch.slurm); the run is `queued` with the
     job id in launch.json. A refused submission leaves the run `failed` with sbatch's words."""
@@ -348,7 +353,8 @@ def submit_job(
                     "argv": argv,
                     "env": env,
                     "launcher": settings.launcher,
-                    "resume_from": None,  # the job resumes from the newest checkpoint each time it starts
+                    # what is newest now; the job itself takes the newest complete one each time it starts
+                    "resume_from": resume_from,
                     "host": socket.gethostname(),
                     "created": time.time(),
                     "markers": True,
@@ -422,7 +428,7 @@ def resume_run(run: RunDir, *, machine: Machine | None = None, python: str = sys
         if best is None:  # it ended before its first save finished: nothing to lose by starting over
             print(f"ftui: {run.id} has no finished checkpoint yet; it starts again from step 0", file=sys.stderr)
         if job:
-            return submit_job(run, settings, request, python, download)
+            return submit_job(run, settings, request, python, download, str(best.path) if best else None)
         return _launch(run, settings, str(best.path) if best else None, python, lock, download)
 
 

@@ -158,6 +158,7 @@ LABELS = {
     "BOOT_FAIL": "boot failed",
     "DEADLINE": "deadline",
     "SUSPENDED": "suspended",
+    "UNKNOWN": "unknown (Slurm cannot be asked from here)",
 }
 
 _CACHE: dict[str, tuple[float, JobState | None]] = {}

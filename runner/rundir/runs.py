@@ -207,8 +207,9 @@ class RunDir:
         return "failed", error or f"the run's supervisor exited before training started; see {self.log}"
 
     def job(self, launches: list[dict[str, Any]] | None = None) -> tuple[str | None, Any]:
-        """(job id, what Slurm says of it: runner.machine.slurm.JobState or None) of a run submitted
-        with --slurm; (None, None) for a local run or when Slurm cannot be asked from here."""
+        """(job id, what Slurm says of it: runner.machine.slurm.JobState) of a run submitted with
+        --slurm: state UNKNOWN (reason: why) when Slurm cannot be asked from here, None when Slurm no
+        longer knows the job; (None, None) for a local run."""
         launches = self.launches() if launches is None else launches
         job_id = ((launches[-1].get("slurm") or {}).get("job_id") if launches else None) or None
         if job_id is None:
@@ -217,8 +218,8 @@ class RunDir:
 
         try:
             return str(job_id), slurm.job_state(str(job_id))
-        except slurm.SlurmError:
-            return str(job_id), None
+        except slurm.SlurmError as err:
+            return str(job_id), slurm.JobState("UNKNOWN", str(err), source="error")
 
     def _explain_job(self, state: str, error: str, job_id: str) -> tuple[str, str]:
         """An active run of a Slurm job: the controller's word decides what is alive."""
@@ -366,6 +367,8 @@ def _stop_job(run: RunDir, state: str, job_id: str, job: Any) -> str:
     from runner.machine import slurm
 
     asked = run.stop_request.exists() and not time_limit_pause(run.path)
+    if job is not None and job.state == "UNKNOWN" and asked:
+        raise RunError(f"cannot cancel Slurm job {job_id} from here: {job.reason}")
     if job is not None and job.pending or asked:
         run.stop_request.write_text(f"{time.time()}\n")
         try:
