@@ -131,12 +131,29 @@ class NvmlReader:
 
 
 FAKE_ENV = "FTUI_FAKE_NVML"
-"""Set to a scenario name of runner.machine.fake_nvml (none, 1xa100, 8xh100, vanishing) for demos and tests."""
+"""Set to a scenario name of runner.machine.fake_nvml (none, 1xa100, 8xh100, vanishing) for demos and
+tests; or one per node, `n1=8xh100,n2=1xa100,*=none`, picked by the node's name (node_name())."""
+
+
+def node_name(environ=os.environ) -> str:
+    """This node's name: Slurm's (SLURMD_NODENAME) inside a job, else the host name."""
+    import socket
+
+    return environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def fake_scenario(environ=os.environ) -> str | None:
+    """The fake NVML scenario for this node, from $FTUI_FAKE_NVML (None: use the real NVML)."""
+    text = environ.get(FAKE_ENV, "").strip()
+    if "=" not in text:
+        return text or None
+    table = dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+    return table.get(node_name(environ)) or table.get("*") or "none"
 
 
 def default_binding() -> Any:
     """The real `pynvml` module, or the fake scenario named by $FTUI_FAKE_NVML."""
-    scenario = os.environ.get(FAKE_ENV)
+    scenario = fake_scenario()
     if scenario:
         from .fake_nvml import FakeNvml
 

@@ -62,8 +62,102 @@ def _memory_per_rank() -> dict[str, dict[str, float]]:
     return {str(r): m for r, m in enumerate(_gather(_local_memory())) if m}
 
 
+def sample_node_gpus(run: RunDir, step: int) -> None:
+    """This node's GPUs as NVML sees them now, into RUN_DIR/nodes/<node>.json (local rank 0 of each
+    node, at every logging step): one monitor then shows every node's GPUs, which NVML on the first
+    node cannot see. A node without GPUs (or NVML) writes an empty list and the reason."""
+    import os
+    import socket
+
+    from runner.machine.nvml import NoGpu, local_gpus, node_name
+    from runner.rundir.runs import write_json_atomic
+
+    try:
+        gpus = [
+            {
+                "index": g.index,
+                "name": g.name,
+                "memory_used": g.memory_used,
+                "memory_total": g.memory_total,
+                "utilization": g.utilization,
+                "power_w": g.power_w,
+                "power_limit_w": g.power_limit_w,
+            }
+            for g in local_gpus()
+        ]
+        why = None
+    except NoGpu as err:
+        gpus, why = [], str(err)
+    node = node_name()
+    path = run.path / "nodes" / f"{node}.json"
+    try:
+        path.parent.mkdir(exist_ok=True)
+        write_json_atomic(
+            path,
+            {
+                "node": node,
+                "host": socket.gethostname(),
+                "time": time.time(),
+                "step": step,
+                "gpus": gpus,
+                "no_gpu": why,
+                "rank": int(os.environ.get("RANK", "0")),
+            },
+        )
+    except OSError:
+        pass  # a full disk must not stop training
+
+
+class ForwardTimer:
+    """Seconds this rank spends in the model's forward pass (hooks on the top module; CUDA events on a
+    GPU, so the time is the kernels', not the launches'). Forward has no collective under DDP, so a
+    rank that is slower here is the one the others wait for in backward: the straggler."""
+
+    def __init__(self) -> None:
+        self.pending: list[Any] = []
+        self.seconds = 0.0
+        self.passes = 0
+        self._start: Any = None
+
+    def attach(self, model: torch.nn.Module) -> None:
+        model.register_forward_pre_hook(self._before)
+        model.register_forward_hook(self._after)
+
+    def _now(self) -> Any:
+        if torch.cuda.is_available():
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def _before(self, module, args):
+        if module.training:
+            self._start = self._now()
+
+    def _after(self, module, args, output):
+        if module.training and self._start is not None:
+            self.pending.append((self._start, self._now()))
+            self._start = None
+
+    def take(self) -> float | None:
+        """Mean forward seconds per pass since the last call (None when there was none)."""
+        for start, end in self.pending:
+            if isinstance(start, float):
+                self.seconds += end - start
+            else:
+                end.synchronize()
+                self.seconds += start.elapsed_time(end) / 1000
+            self.passes += 1
+        self.pending.clear()
+        if not self.passes:
+            return None
+        mean, self.seconds, self.passes = self.seconds / self.passes, 0.0, 0
+        return mean
+
+
 class MetricsCallback(TrainerCallback):
-    """Appends one line per logging step to metrics.jsonl (rank 0), in ftui's metrics schema."""
+    """Appends one line per logging step to metrics.jsonl (rank 0), in ftui's metrics schema; every
+    node's local rank 0 samples its GPUs beside it (sample_node_gpus)."""
 
     def __init__(self, run: RunDir, micro_batch: int, world: int, counter: TokenCounter) -> None:
         self.run = run
@@ -72,8 +166,11 @@ class MetricsCallback(TrainerCallback):
         self.t0 = self.t_last = time.time()
         self.step0 = self.step_last = 0
         self.tokens_before = self.tokens_last = 0
+        self.forward = ForwardTimer()
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self.forward.attach(model)
         self.launch = self.run.status().get("launch")  # which launch of the run wrote each record
         self.t0 = self.t_last = time.time()
         self.step0 = self.step_last = state.global_step
@@ -88,12 +185,27 @@ class MetricsCallback(TrainerCallback):
         return int((last_record(self.run.metrics) or {}).get("tokens") or 0)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        gathered = _gather((_local_memory(), self.counter.tokens))  # a collective: every rank takes part
+        import os
+
+        from runner.machine.nvml import node_name
+
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            sample_node_gpus(self.run, state.global_step)
+        mine = (_local_memory(), self.counter.tokens, {"node": node_name(), "forward_s": self.forward.take()})
+        gathered = _gather(mine)  # a collective: every rank takes part
         if not state.is_world_process_zero or "train_loss" in (logs or {}):
             return  # the end-of-training summary (train_loss over the run) is not a step record
-        mem = {str(r): m for r, (m, _) in enumerate(gathered) if m}
-        tokens = self.tokens_before + sum(t for _, t in gathered)
+        mem = {str(r): m for r, (m, _, _) in enumerate(gathered) if m}
+        tokens = self.tokens_before + sum(t for _, t, _ in gathered)
         record = self._record(state, logs or {}, mem, tokens)
+        if len(gathered) > 1:
+            record["ranks"] = {
+                str(r): {
+                    "node": who["node"],
+                    "forward_s": None if who["forward_s"] is None else round(who["forward_s"], 5),
+                }
+                for r, (_, _, who) in enumerate(gathered)
+            }
         with open(self.run.metrics, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         latest = {k: record[k] for k in ("loss", "eval_loss") if record[k] is not None}  # keep the last of each

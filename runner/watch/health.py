@@ -14,6 +14,10 @@ STALL_MIN_S = 120.0
 STALL_STEPS = 10
 """No new step for STALL_STEPS typical step times (and at least STALL_MIN_S) is a stall."""
 OVER_PLAN = 1.10
+STRAGGLER = 1.25
+"""A rank whose forward pass takes this many times the ranks' median is the one the others wait for."""
+STRAGGLER_MIN_S = 0.005
+STRAGGLER_RECORDS = 3
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,49 @@ def memory_flags(records: Sequence[dict[str, Any]], planned_gib: float | None) -
     return out[:1] + ([Flag("memory", "warning", f"… and {len(out) - 1} more ranks")] if len(out) > 1 else [])
 
 
+def rank_forward(records: Sequence[dict[str, Any]]) -> dict[str, tuple[str, float]]:
+    """{rank: (node, forward seconds)}: each rank's median forward time over the last few records that
+    carry per-rank times (MetricsCallback's `ranks`)."""
+    times: dict[str, list[float]] = {}
+    nodes: dict[str, str] = {}
+    for record in [r for r in records if r.get("ranks")][-STRAGGLER_RECORDS:]:
+        for rank, who in record["ranks"].items():
+            if isinstance(who, dict) and _finite(who.get("forward_s")):
+                times.setdefault(rank, []).append(who["forward_s"])
+                nodes[rank] = str(who.get("node") or "?")
+    return {rank: (nodes[rank], statistics.median(ts)) for rank, ts in times.items()}
+
+
+def skew(records: Sequence[dict[str, Any]]) -> float | None:
+    """Slowest over fastest rank's forward time (None with fewer than two ranks timed)."""
+    ranks = rank_forward(records)
+    if len(ranks) < 2:
+        return None
+    values = [t for _, t in ranks.values()]
+    return max(values) / min(values) if min(values) > 0 else None
+
+
+def straggler_flags(records: Sequence[dict[str, Any]]) -> list[Flag]:
+    ranks = rank_forward(records)
+    if len(ranks) < 2:
+        return []
+    median = statistics.median(t for _, t in ranks.values())
+    rank, (node, slowest) = max(ranks.items(), key=lambda kv: kv[1][1])
+    if median <= 0 or slowest < STRAGGLER * median or slowest - median < STRAGGLER_MIN_S:
+        return []
+    nodes = {n for n, _ in ranks.values()}
+    where = f"rank {rank} on node {node}" if len(nodes) > 1 else f"rank {rank}"
+    return [
+        Flag(
+            "straggler",
+            "warning",
+            f"{where} is the straggler: its forward pass takes {slowest / median:.1f}x the ranks' median "
+            f"({slowest * 1000:.0f} vs {median * 1000:.0f} ms) and every other rank waits for it each step; "
+            "check that node's GPUs (clocks, temperature, other jobs)",
+        )
+    ]
+
+
 def assess(
     records: Sequence[dict[str, Any]],
     *,
@@ -199,4 +246,5 @@ def assess(
         + curve_flags(records, finished)
         + stall_flags(records, now, running, gpu_util)
         + memory_flags(records, planned_gib)
+        + straggler_flags(records)
     )

@@ -37,6 +37,8 @@ class RunInfo:
     planned_peak_gib: float | None = None
     pids: tuple[int, ...] = ()
     """Processes of the latest launch (the supervisor's group) to match GPU processes to ranks."""
+    job: str = ""
+    """A Slurm run's job as Slurm says it: `job 812 pending (Resources)`; empty for a local run."""
 
     @property
     def active(self) -> bool:

@@ -68,6 +68,7 @@ def run_info(run: RunDir) -> RunInfo:
     loss = loss if loss is not None else status.get("loss")
     pids = tuple(int(entry["pid"]) for entry in launches[-1:] if entry.get("pid"))
     state, error = run.explain(status, launches)
+    job_id, job = run.job(launches)
     return RunInfo(
         run.id,
         run.path,
@@ -81,6 +82,7 @@ def run_info(run: RunDir) -> RunInfo:
         error,
         planned,
         pids,
+        f"job {job_id} {job.label() if job is not None else 'gone from Slurm'}" if job_id is not None else "",
     )
 
 

@@ -150,6 +150,7 @@ class MonitorScreen(Screen):
             with Vertical(id="mon-side"):
                 yield Static(id="mon-stats")
                 yield Static(id="mon-memory")
+                yield Static(id="mon-nodes")
         yield Static(id="mon-flags")
         yield Static(id="mon-log")
         yield Footer()
@@ -207,6 +208,8 @@ class MonitorScreen(Screen):
         )
         if info and info.tool != "ftui":  # why the footer has no stop or resume
             header.append(f"  {info.tool} run, watched only", style="dim")
+        if info and getattr(info, "job", ""):
+            header.append(f"  Slurm {info.job}", style="cyan")
         show(self.query_one("#mon-header", Static), header)
         bar = self.query_one("#mon-progress", Static)
         show(bar, progress_bar(step or 0, total, bar.size.width) if total else Text(""))
@@ -231,6 +234,7 @@ class MonitorScreen(Screen):
                 stats.append(f"\n  {str(sample.get('prompt'))[:40]} → {str(sample.get('generated'))[:60]}", style="dim")
         show(self.query_one("#mon-stats", Static), stats)
         show(self.query_one("#mon-memory", Static), self.memory_text())
+        show(self.query_one("#mon-nodes", Static), nodes_text(self.node_samples(), self.records[-HEALTH_WINDOW:]))
         flags = assess(
             self.records[-HEALTH_WINDOW:],
             now=self.app.clock(),
@@ -281,6 +285,11 @@ class MonitorScreen(Screen):
             return sorted(int(n) for n in names if n.isdigit())
 
         return self._cached("checkpoints", self._run_file("checkpoints"), read) or []
+
+    def node_samples(self) -> list[dict]:
+        """What each node's local rank 0 last wrote of its GPUs (RUN_DIR/nodes/*.json)."""
+        folder = self._run_file("nodes")
+        return read_node_samples(folder) if folder is not None else []
 
     def memory_text(self) -> Text:
         """One line per rank: reserved memory as a bar with the planned peak marked (│)."""
@@ -376,6 +385,59 @@ def rank_line(rank: str, mem: dict[str, float], nvml: float | None, planned: flo
     return text + "\n"
 
 
+def read_node_samples(folder: Path) -> list[dict]:
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("gpus"), list):
+            out.append(data)
+    return out
+
+
+def nodes_text(samples: list[dict], records: list[dict[str, Any]]) -> Text:
+    """Every node's GPUs (memory used/total, utilisation, power) and the ranks' forward-time skew:
+    `  g0 ██████░░ 61.0/80 GiB 97% 610 W` under each node. Empty for a single node without GPUs."""
+    from runner.watch.health import rank_forward, skew
+
+    if not samples or (len(samples) == 1 and not samples[0]["gpus"]):
+        return Text()
+    text = Text("GPUs by node", style="bold")
+    ratio = skew(records)
+    if ratio is not None:
+        text.append(f"  forward skew {ratio:.2f}x", style="yellow" if ratio >= 1.25 else "dim")
+    text.append("\n")
+    timed = rank_forward(records)
+    for sample in samples:
+        node = str(sample.get("node") or sample.get("host") or "?")
+        ranks = sorted((r for r, (n, _) in timed.items() if n == node), key=int)
+        text.append(f"{node}", style="bold")
+        if ranks:
+            text.append(
+                f"  ranks {','.join(ranks)}  fwd " + "/".join(f"{timed[r][1] * 1000:.0f}" for r in ranks) + " ms",
+                style="dim",
+            )
+        text.append("\n")
+        if not sample["gpus"]:
+            text.append(f"  {sample.get('no_gpu') or 'no GPUs'}\n", style="dim")
+        for gpu in sample["gpus"]:
+            used, total = gpu.get("memory_used"), gpu.get("memory_total") or 0
+            frac = (used or 0) / total if total else 0.0
+            cells = round(frac * BAR)
+            text.append(f"  g{gpu.get('index')} ")
+            text.append("█" * cells, style="red" if frac > 0.95 else "green")
+            text.append("░" * (BAR - cells), style="grey35")
+            text.append(f" {_num(used / 2**30 if used is not None else None, '{:.1f}')}/{total / 2**30:.0f} GiB")
+            if gpu.get("utilization") is not None:
+                text.append(f" {gpu['utilization']}%")
+            if gpu.get("power_w") is not None:
+                text.append(f" {gpu['power_w']:.0f} W", style="dim")
+            text.append("\n")
+    return text
+
+
 def _latest(records: list[dict[str, Any]], key: str) -> Any:
     return next((r[key] for r in reversed(records) if r.get(key) is not None), None)
 
@@ -390,4 +452,5 @@ def state_style(state: str) -> str:
         "stopped": "black on yellow",
         "stalled": "black on yellow",
         "downloading": "black on blue",
+        "cancelled": "black on yellow",
     }.get(state, "reverse")
