@@ -240,6 +240,12 @@ def _torchrun_argv(settings: RunSettings, python: str, entry: list[str]) -> list
     argv = [python, "-m", "torch.distributed.run", "--nproc_per_node", str(settings.gpus_per_node)]
     if settings.nodes == 1:
         argv += ["--standalone"]
+    elif settings.rendezvous_id:
+        # c10d: the nodes meet at the first node's store in whatever order they start; the store's host
+        # is found by address (and on a loopback test cluster the second "host" falls back to client).
+        endpoint = f"{settings.master_addr}:{settings.master_port}"
+        argv += ["--nnodes", str(settings.nodes), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint]
+        argv += ["--rdzv_id", settings.rendezvous_id]
     else:
         argv += ["--nnodes", str(settings.nodes), *_rendezvous(settings)]
     return argv + ["-m", ENTRY_MODULE, *entry]

@@ -10,8 +10,9 @@ How a run becomes a job (`ftui train RECIPE --slurm`):
 - The batch script runs `python -m runner.launch.slurm_job` on the allocation's first node. That
   process is the run's supervisor there: it picks the newest complete checkpoint (so a requeued
   job resumes by itself), writes status.json, and starts ONE `srun` step with one task per node,
-  `python -m runner.launch.slurm_node`, which builds that node's launcher (torchrun, accelerate or
-  deepspeed, node rank = SLURM_NODEID, rendezvous on the first node's NodeAddr) and runs it.
+  `python -m runner.launch.slurm_node`, which builds that node's launcher and runs it: torchrun
+  with a c10d rendezvous at the first node's NodeAddr and a free port, accelerate with machine rank
+  SLURM_NODEID, DeepSpeed with a hostfile of the job's nodes (SLURM_JOB_NODELIST).
 - `--signal=B:USR1@N`: Slurm signals the batch process N seconds before the time limit; the
   supervisor asks the trainer to checkpoint (the stop request), and when it has, requeues the job
   (`scontrol requeue`), which then starts again from that checkpoint. `--requeue` lets Slurm requeue

@@ -190,10 +190,13 @@ class JobSupervisor:
 
 
 def _at(settings, node_rank: int, master: str, port: int):
-    """`settings` for node `node_rank` of the job, with the job's rendezvous."""
+    """`settings` for node `node_rank` of the job, with the job's rendezvous (torchrun: c10d, named
+    after the job and its start, so a requeued start never meets a stale one)."""
     import dataclasses
 
-    return dataclasses.replace(settings, node_rank=node_rank, master_addr=master, master_port=port)
+    job = os.environ.get("SLURM_JOB_ID")
+    rdzv = f"ftui-{job}-{os.environ.get('SLURM_RESTART_COUNT') or 0}" if job else None
+    return dataclasses.replace(settings, node_rank=node_rank, master_addr=master, master_port=port, rendezvous_id=rdzv)
 
 
 def main(argv: list[str] | None = None) -> int:

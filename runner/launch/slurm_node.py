@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     node_rank = int(os.environ.get("SLURM_NODEID", "0"))
     settings = _at(resolve(load_recipe(run.recipe), detect_machine()), node_rank, args.master_addr, args.master_port)
     plan = build_launch(settings, run.path, resume_from=args.resume_from)
+    node = os.environ.get("SLURMD_NODENAME", "?")
+    print(f"ftui: node {node} (node rank {node_rank}): {shlex.join(plan.argv)}", flush=True)
     env = {**os.environ, **plan.env, SUPERVISOR_ENV: f"{os.getpid()}:{process_start_time(os.getpid()) or ''}"}
     env["PYTHONPATH"] = plan.env.get("PYTHONPATH", str(PACKAGE_ROOT))
     child = subprocess.Popen(

@@ -81,6 +81,9 @@ class RunSettings:
     notes: tuple[str, ...] = ()
     fsdp: str = "none"
     """FSDP strategy (none: DeepSpeed ZeRO per `zero`, or plain DDP)."""
+    rendezvous_id: str | None = None
+    """torchrun across nodes: None for the static rendezvous (--node_rank, --master_addr), or the id
+    of a c10d rendezvous hosted at master_addr:master_port (a Slurm job's id)."""
 
     @property
     def world(self) -> int:

@@ -32,7 +32,9 @@ def _row(r: RunInfo) -> tuple:
     return (
         r.id,
         r.tool,
-        Text(f" {r.state} ", style=state_style(r.state)),
+        Text.assemble(
+            (f" {r.state} ", state_style(r.state)), (f" {r.job.removeprefix('job ')}" if r.job else "", "cyan")
+        ),
         step,
         loss,
         fmt_eta(r.eta_s) if r.active else "-",
