@@ -593,3 +593,43 @@ async def test_nvml_memory_reaches_the_monitor_for_ranked_and_single_process_run
         assert app.gpu_used("ddp") == {"0": 20.0, "1": 21.0}
         assert app.gpu_used("single") == {"0": 9.0}  # no RANK in its environment: rank 0
         assert app.gpu_used("other") == {}
+
+
+async def test_the_monitor_of_a_two_node_run_shows_both_nodes_gpus_and_names_the_straggler(tmp_path):
+    """What each node's local rank 0 wrote (RUN_DIR/nodes/): one A100 on n1, eight H100s on n2, as the
+    fake NVML scenarios per node give them; rank 1 on n2 runs its forward pass 1.5x slower."""
+    from runner.machine.nvml import NvmlReader
+    from runner.machine.fake_nvml import FakeNvml
+
+    root = tmp_path / "runs"
+    run = new_run_dir(root, "two-nodes")
+    run.recipe.write_text("tuner: lora\n")
+    run.set_status("running")
+    (run.path / "nodes").mkdir()
+    for node, scenario in (("n1", "1xa100"), ("n2", "8xh100")):
+        gpus = [
+            {
+                "index": g.index,
+                "name": g.name,
+                "memory_used": g.memory_used,
+                "memory_total": g.memory_total,
+                "utilization": g.utilization,
+                "power_w": g.power_w,
+            }
+            for g in NvmlReader(FakeNvml(scenario)).snapshot()
+        ]
+        (run.path / "nodes" / f"{node}.json").write_text(json.dumps({"node": node, "step": 10, "gpus": gpus}))
+    ranks = {"0": {"node": "n1", "forward_s": 0.100}, "1": {"node": "n2", "forward_s": 0.150}}
+    records = [{"step": s, "total_steps": 100, "loss": 2.0, "time": float(s), "ranks": ranks} for s in (5, 10)]
+    run.metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    app = make_app("none", runs=DirRunSource(root), initial_tab="runs")
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one("#runs-table", DataTable)
+        await until(pilot, lambda: table.row_count == 1, what="the run")
+        table.focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: "GPUs by node" in text_of(app, "#mon-nodes"), what="the nodes' GPUs")
+        nodes = text_of(app, "#mon-nodes")
+        assert "n1" in nodes and "n2" in nodes and "forward skew 1.50x" in nodes
+        assert nodes.count(" g") >= 9, nodes  # 1 + 8 GPUs
+        assert "rank 1 on node n2 is the straggler" in text_of(app, "#mon-flags")

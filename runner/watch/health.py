@@ -15,7 +15,7 @@ STALL_STEPS = 10
 """No new step for STALL_STEPS typical step times (and at least STALL_MIN_S) is a stall."""
 OVER_PLAN = 1.10
 STRAGGLER = 1.25
-"""A rank whose forward pass takes this many times the ranks' median is the one the others wait for."""
+"""A rank whose forward pass takes this many times the other ranks' median is the one they wait for."""
 STRAGGLER_MIN_S = 0.005
 STRAGGLER_RECORDS = 3
 
@@ -212,8 +212,8 @@ def straggler_flags(records: Sequence[dict[str, Any]]) -> list[Flag]:
     ranks = rank_forward(records)
     if len(ranks) < 2:
         return []
-    median = statistics.median(t for _, t in ranks.values())
     rank, (node, slowest) = max(ranks.items(), key=lambda kv: kv[1][1])
+    median = statistics.median(t for r, (_, t) in ranks.items() if r != rank)  # of the others
     if median <= 0 or slowest < STRAGGLER * median or slowest - median < STRAGGLER_MIN_S:
         return []
     nodes = {n for n, _ in ranks.values()}
@@ -222,8 +222,8 @@ def straggler_flags(records: Sequence[dict[str, Any]]) -> list[Flag]:
         Flag(
             "straggler",
             "warning",
-            f"{where} is the straggler: its forward pass takes {slowest / median:.1f}x the ranks' median "
-            f"({slowest * 1000:.0f} vs {median * 1000:.0f} ms) and every other rank waits for it each step; "
+            f"{where} is the straggler: its forward pass takes {slowest / median:.1f}x the other ranks' median "
+            f"({slowest * 1000:.0f} vs {median * 1000:.0f} ms) and they wait for it every step; "
             "check that node's GPUs (clocks, temperature, other jobs)",
         )
     ]
