@@ -596,16 +596,17 @@ def overhead_terms(terms: list[Term], setup: Setup, cluster: Cluster, pr: Params
             )
         )
     loss = sum(t.bytes for t in terms if t.part == "logits")
-    out.append(
-        Term(
-            "overhead",
-            "cached loss-path segments (long runs)",
-            LOSS_CACHE_GROWTH * loss,
-            ("backward",),
-            "cached",
-            source="vocab-sized blocks of earlier batch lengths kept by the allocator",
+    if not setup.packing:  # packed rows: one batch shape, so each step reuses the same cached blocks
+        out.append(
+            Term(
+                "overhead",
+                "cached loss-path segments (long runs)",
+                LOSS_CACHE_GROWTH * loss,
+                ("backward",),
+                "cached",
+                source="vocab-sized blocks of earlier batch lengths kept by the allocator",
+            )
         )
-    )
     states = 3 if pr.trainable_base else 1
     out.append(
         Term(

@@ -68,6 +68,9 @@ class Setup:
     double_quant: bool = True
     grad_accum: int | None = None
     """Micro-batches per optimizer step; None plans for > 1 (gradients stay allocated between them)."""
+    packing: bool = False
+    """Sequences packed into full seq_len rows: every batch has the same shape (no cached loss-path
+    blocks of other batch lengths build up over the run)."""
 
     def __post_init__(self) -> None:
         _choice("--tuner", self.tuner, TUNERS)

@@ -381,3 +381,27 @@ def test_paged_32bit_adamw_keeps_fp32_moments_outside_the_allocator():
     term = {t.name: t for t in est.terms}["optimizer moments"]
     assert term.pool == "driver"
     assert term.bytes == pytest.approx(8 * arch.lora_params("all-linear", 8))
+
+
+def test_packed_rows_keep_no_cached_loss_blocks_of_other_lengths():
+    """dataset.packing: every batch is seq_len tokens, so the allocator reuses the same loss-path blocks
+    each step; unpacked batches vary in length and strand blocks (the cached term). Allocated is the same."""
+    qwen = arch("qwen2.5-7b")
+    loose = estimate(qwen, Setup(tuner="lora", seq_len=4096), ONE)
+    packed = estimate(qwen, Setup(tuner="lora", seq_len=4096, packing=True), ONE)
+    assert term(loose, "cached loss-path segments (long runs)") > 0
+    assert not [t for t in packed.terms if t.name.startswith("cached loss-path")]
+    assert packed.peak_allocated == loose.peak_allocated
+    assert packed.peak_reserved == pytest.approx(
+        loose.peak_reserved - term(loose, "cached loss-path segments (long runs)")
+    )
+
+
+def test_a_packed_recipe_is_planned_packed():
+    from runner.recipe.resolve import planner_setup
+    from runner.recipe.schema import Recipe
+
+    recipe = Recipe()
+    packed = recipe.but(dataset=recipe.dataset.__class__(**{**recipe.dataset.__dict__, "packing": True}))
+    kw = dict(zero=0, offload="none", precision="bf16-true", attn="sdpa", micro_batch=1, grad_ckpt=True, seq_len=2048)
+    assert planner_setup(packed, **kw).packing and not planner_setup(recipe, **kw).packing

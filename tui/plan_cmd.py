@@ -78,6 +78,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--attn", type=_canonical, choices=ATTENTIONS, help="attention kernel (default flash where supported)"
     )
+    p.add_argument(
+        "--packing",
+        action="store_true",
+        help="sequences packed into full --seq-len rows (dataset.packing): every batch has one shape, so no "
+        "cached loss-path blocks of other lengths build up",
+    )
     p.add_argument("--lora-rank", type=_positive_int, metavar="R", default=8)
     p.add_argument(
         "--lora-targets",
@@ -218,6 +224,7 @@ def build_setup(args: argparse.Namespace, cluster: Cluster, seq_len: int) -> tup
             lisa_layers=args.lisa_layers,
             trainable_layers=args.trainable_layers,
             quant=args.quant,
+            packing=getattr(args, "packing", False),
             **values,
         )
     except SetupError as err:

@@ -169,6 +169,7 @@ def planner_setup(
         quant=recipe.qlora.quant,
         double_quant=recipe.qlora.double_quant,
         grad_accum=grad_accum,
+        packing=recipe.dataset.packing,
     )
 
 
