@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, ftui
+from conftest import REPO as ROOT
+from conftest import ftui
+from test_hub_train import REPO, recipe, tiny_repo_files  # noqa: F401 (fixtures)
 from runner.launch.slurm import SlurmRequest, batch_script, sbatch_argv, sbatch_options
 from runner.machine import slurm
 from runner.machine.slurm import JobState, SlurmError, time_limit_s
@@ -180,7 +182,7 @@ def slurm_cluster():
         return
     if os.geteuid() != 0:
         pytest.skip("no Slurm cluster is up (SLURM_CONF) and .ci/slurm-up needs root to start one")
-    up = subprocess.run([str(REPO / ".ci" / "slurm-up"), str(CLUSTER_DIR)], capture_output=True, text=True)
+    up = subprocess.run([str(ROOT / ".ci" / "slurm-up"), str(CLUSTER_DIR)], capture_output=True, text=True)
     conf = next((ln.split("=", 1)[1] for ln in up.stdout.splitlines() if ln.startswith("SLURM_CONF=")), None)
     if up.returncode != 0 or conf is None:
         pytest.skip(f"could not start a Slurm cluster (.ci/slurm-up: {(up.stderr or up.stdout).strip()[-300:]})")
@@ -188,7 +190,7 @@ def slurm_cluster():
     if not _sinfo_ok(env):
         pytest.skip("Slurm started but its two nodes never became idle")
     yield conf
-    subprocess.run([str(REPO / ".ci" / "slurm-up"), str(CLUSTER_DIR), "down"], capture_output=True)
+    subprocess.run([str(ROOT / ".ci" / "slurm-up"), str(CLUSTER_DIR), "down"], capture_output=True)
 
 
 @pytest.fixture
@@ -310,8 +312,8 @@ def test_a_job_cancelled_from_outside_shows_cancelled(capsys, cluster):
     run = _submit(capsys, cluster, "--set", "train.max_steps=400")
     _wait("the first steps", lambda: _step(run) >= 2)
     subprocess.run(["scancel", _job(run)], check=True)
-    row = _wait("the cancel", lambda: (r := _summary(capsys, cluster))["state"] == "cancelled" and r)
-    assert row["slurm"]["label"] == "cancelled"
+    row = _wait("the cancel", lambda: (r := _summary(capsys, cluster))["slurm"]["state"] == "CANCELLED" and r)
+    assert row["state"] == "cancelled" and row["slurm"]["label"] == "cancelled"
     code, _, err = ftui(capsys, "stop", run.id, "--runs-dir", str(cluster))
     assert code == 2 and "cancelled; nothing to stop" in err
 
@@ -339,3 +341,38 @@ def test_a_dry_run_prints_the_batch_script_and_submits_nothing(capsys, cluster):
 def test_an_unknown_partition_is_refused_with_the_known_ones(capsys, cluster):
     code, _, err = ftui(capsys, "train", "tiny-demo", "--slurm", "--partition", "nope", "--runs-dir", str(cluster))
     assert code == 2 and "no partition 'nope'" in err and "debug" in err
+
+
+def test_a_hub_model_is_fetched_on_the_login_node_before_the_job_is_submitted(
+    capsys,
+    cluster,
+    hub,
+    hf_home,
+    tiny_repo_files,  # noqa: F811 (the fixture of test_hub_train)
+    recipe,  # noqa: F811
+):
+    """Compute nodes are often offline: the download happens where `ftui train --slurm` runs, into the
+    cache the nodes share, and the job trains from it (its ranks never go online)."""
+    hub.add(REPO, files=dict(tiny_repo_files))
+    code, out, err = ftui(
+        capsys,
+        "train",
+        str(recipe),
+        "--slurm",
+        "--runs-dir",
+        str(cluster),
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "train.save_steps=4",
+        "--set",
+        "train.logging_steps=2",
+    )
+    assert code == 0, err
+    assert f"downloading {REPO}" in err and "submitted" in out
+    (run,) = list_runs(cluster)
+    assert run.launches()[-1]["download"] is None  # nothing left for the job to fetch
+    weights = [s for s in hub.seen() if s.method == "GET" and s.path.endswith("/model.safetensors")]
+    assert len(weights) == 1
+    _wait("the end", lambda: run.status().get("state") in ("finished", "failed"))
+    assert run.status()["state"] == "finished", _log(run)[-2000:]

@@ -138,7 +138,7 @@ def render(rows: list[dict]) -> None:
     t = Table(box=None, pad_edge=False)
     jobs = any(r.get("slurm") for r in rows)
     for col in ("run", "tool", "state", *(("slurm job",) if jobs else ()), "step", "loss", "ETA", "started"):
-        t.add_column(col, no_wrap=col == "run")
+        t.add_column(col)
     for r in rows:
         step = f"{r['step']}/{r['total_steps'] or '?'}" if r["step"] is not None else "-"
         started = time.strftime("%m-%d %H:%M", time.localtime(r["started"])) if r["started"] else "-"

@@ -12,7 +12,7 @@ from runner.launch.lifecycle import PlanRefused, check_data, check_model_files, 
 from runner.recipe.schema import RecipeError, dump_recipe
 from runner.recipe.resolve import verdict
 from runner.launch.build import PACKAGE_ROOT
-from runner.launch.slurm import SlurmRequest, batch_script, sbatch_argv, sbatch_options
+from runner.launch.slurm import SlurmRequest, batch_script, job_cpus, sbatch_argv, sbatch_options
 from runner.machine.slurm import SlurmError
 from runner.rundir.runs import RunError, default_runs_dir
 
@@ -158,7 +158,8 @@ def dry_run(
         )
     if request is not None:
         run_dir = (runs_dir or default_runs_dir()).expanduser().resolve() / "RUN-ID"
-        options = sbatch_options(request, run_dir.name, settings.gpus_per_node, settings.device == "cuda")
+        cuda = settings.device == "cuda"
+        options = sbatch_options(request, run_dir.name, settings.gpus_per_node, cuda, job_cpus(request))
         env = {"PYTHONPATH": str(PACKAGE_ROOT), "PYTHONUNBUFFERED": "1"}
         print("# the batch script (RUN-ID: the run directory made at submission), submitted with:")
         print("#   " + " ".join(sbatch_argv(run_dir / "slurm.sbatch", run_dir)))

@@ -42,7 +42,16 @@ from runner.machine import slurm as slurm_cmd
 
 from .build import PACKAGE_ROOT, LaunchPlan, build_launch, spawn_detached
 from .download import DownloadPlan, check_disk, hub_repo, plan_download
-from .slurm import SlurmRequest, batch_script, job_machine, request_from_json, request_json, sbatch_argv, sbatch_options
+from .slurm import (
+    SlurmRequest,
+    batch_script,
+    job_cpus,
+    job_machine,
+    request_from_json,
+    request_json,
+    sbatch_argv,
+    sbatch_options,
+)
 from .supervise import disk_full_message, free_interrupted_save
 
 
@@ -336,8 +345,11 @@ def submit_job(
 ) -> Started:
     """Write RUN_DIR/slurm.sbatch and submit it (runner.launch.slurm); the run is `queued` with the
     job id in launch.json. A refused submission leaves the run `failed` with sbatch's words."""
+    if download is not None and not download.complete:
+        _fetch_here(run, download)  # compute nodes are often offline, and GPU hours should not wait on it
+        download = None
     env = {"PYTHONPATH": str(PACKAGE_ROOT), "PYTHONUNBUFFERED": "1"}
-    options = sbatch_options(request, run.id, settings.gpus_per_node, settings.device == "cuda")
+    options = sbatch_options(request, run.id, settings.gpus_per_node, settings.device == "cuda", job_cpus(request))
     script = run.path / "slurm.sbatch"
     argv = sbatch_argv(script, run.path)
     with _no_hangup():
@@ -373,6 +385,29 @@ def submit_job(
         run.update_last_launch(slurm={**record, "job_id": job})
         run.set_status("queued", job_id=job)
     return Started(run, settings, LaunchPlan(tuple(argv), env, {}, "slurm"), 0, job)
+
+
+def _fetch_here(run: RunDir, download: DownloadPlan) -> None:
+    """Download a Slurm run's Hub model on this (login) node before submitting, with progress on
+    stderr; the cache must be on the filesystem the nodes share, as the run directory is."""
+    from .download import fetch
+
+    print(
+        f"ftui: downloading {download.repo_id} ({download.missing_bytes / 1e9:.2f} GB) before submitting",
+        file=sys.stderr,
+    )
+    shown = [0.0]
+
+    def progress(done: int, total: int, rate: float) -> None:
+        if time.monotonic() - shown[0] >= 5:
+            shown[0] = time.monotonic()
+            print(f"ftui:   {done / 1e9:.2f}/{total / 1e9:.2f} GB  {rate / 1e6:.0f} MB/s", file=sys.stderr)
+
+    try:
+        fetch(download, progress)
+    except HubError as err:
+        run.set_status("failed", phase="done", last_error=str(err), ended=time.time())
+        raise RunError(f"{err} (nothing was submitted)") from None
 
 
 def resume_run(run: RunDir, *, machine: Machine | None = None, python: str = sys.executable) -> Started:

@@ -73,7 +73,9 @@ class SlurmRequest:
 # --- the batch script ----------------------------------------------------------------------
 
 
-def sbatch_options(request: SlurmRequest, run_id: str, gpus_per_node: int, cuda: bool) -> list[str]:
+def sbatch_options(
+    request: SlurmRequest, run_id: str, gpus_per_node: int, cuda: bool, cpus_per_task: int | None = None
+) -> list[str]:
     """The job's options: written into the script as #SBATCH lines and meant to be read there."""
     opts = [
         f"--job-name=ftui-{run_id}",
@@ -85,6 +87,10 @@ def sbatch_options(request: SlurmRequest, run_id: str, gpus_per_node: int, cuda:
     ]
     if cuda:
         opts.append(f"--gpus-per-node={gpus_per_node}")
+    if cpus_per_task:
+        # Slurm's default is one CPU per task: one launcher's G processes and their data loaders
+        # would then share a single core.
+        opts.append(f"--cpus-per-task={cpus_per_task}")
     if request.partition:
         opts.append(f"--partition={request.partition}")
     if request.time:
@@ -92,6 +98,20 @@ def sbatch_options(request: SlurmRequest, run_id: str, gpus_per_node: int, cuda:
     if request.account:
         opts.append(f"--account={request.account}")
     return opts + list(request.sbatch_args)
+
+
+def job_cpus(request: SlurmRequest) -> int | None:
+    """CPUs for each node's launcher: the node's share for the GPUs asked for (all of them for a whole
+    node or a CPU partition); None when sinfo cannot say."""
+    try:
+        part = slurm.partition(request.partition)
+    except SlurmError:
+        return None
+    if not part.cpus_per_node:
+        return None
+    if part.gpus_per_node and request.gpus_per_node and request.gpus_per_node < part.gpus_per_node:
+        return max(1, part.cpus_per_node * request.gpus_per_node // part.gpus_per_node)
+    return part.cpus_per_node
 
 
 def batch_script(run_dir: Path, options: list[str], python: str, env: dict[str, str]) -> str:

@@ -234,7 +234,11 @@ class MonitorScreen(Screen):
                 stats.append(f"\n  {str(sample.get('prompt'))[:40]} → {str(sample.get('generated'))[:60]}", style="dim")
         show(self.query_one("#mon-stats", Static), stats)
         show(self.query_one("#mon-memory", Static), self.memory_text())
-        show(self.query_one("#mon-nodes", Static), nodes_text(self.node_samples(), self.records[-HEALTH_WINDOW:]))
+        nodes = self.query_one("#mon-nodes", Static)
+        nodes_shown = nodes_text(self.node_samples(), self.records[-HEALTH_WINDOW:])
+        if nodes.display != bool(nodes_shown.plain):
+            nodes.display = bool(nodes_shown.plain)  # a one-node run without GPUs keeps the old layout
+        show(nodes, nodes_shown)
         flags = assess(
             self.records[-HEALTH_WINDOW:],
             now=self.app.clock(),
