@@ -168,7 +168,8 @@ class JobSupervisor:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue ends this process's job
             try:
                 slurm.requeue(self.job_id)
-                # Slurm holds a requeued batch job for a while (Reason BeginTime, two minutes) first.
+                # Slurm holds a requeued batch job (Reason BeginTime) for the job credential's lifetime,
+                # AuthInfo cred_expire (120 s by default): starting it sooner would meet the revoked credential.
                 print(f"ftui: job {self.job_id} requeued; Slurm starts it again after its requeue hold", flush=True)
             except slurm.SlurmError as err:
                 run.set_status("stopped", phase="done", last_error=f"could not requeue: {err}; `ftui resume` resubmits")
