@@ -105,6 +105,22 @@ def test_slurm_options_without_slurm_are_refused(capsys):
     assert code == 2 and "--nodes only apply to Slurm jobs: add --slurm" in err
 
 
+def test_a_job_that_ended_long_ago_is_read_from_its_status_not_asked_about(tmp_path, monkeypatch):
+    from runner.rundir.runs import new_run_dir, write_json_atomic
+
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    slurm._CACHE.clear()
+    run = new_run_dir(tmp_path / "runs", "old")
+    run.record_launch({"slurm": {"job_id": "77"}, "host": "login1"})
+    write_json_atomic(run.status_file, {"state": "finished", "updated": time.time() - 3600})
+    job_id, job = run.job()
+    assert job_id == "77" and job.state == "COMPLETED" and job.source == "status.json"
+    write_json_atomic(run.status_file, {"state": "running", "updated": time.time()})
+    job_id, job = run.job()  # an active run is asked about, and here nothing answers
+    assert job.state == "UNKNOWN" and "not found" in job.reason
+    assert run.explain()[0] == "running"  # no Slurm from here: status.json as written
+
+
 def _ranks(*forward_ms):
     return {str(r): {"node": f"n{r // 2 + 1}", "forward_s": ms / 1000} for r, ms in enumerate(forward_ms)}
 

@@ -63,13 +63,13 @@ def summary(r: RunDir) -> dict:
         "last_error": error or None,
         "download": status.get("download") if state == "downloading" else None,
         "diagnosis": diagnosis(r, state),
-        "slurm": slurm_summary(r, launches),
+        "slurm": slurm_summary(r, launches, status),
     }
 
 
-def slurm_summary(r: RunDir, launches: list[dict]) -> dict | None:
+def slurm_summary(r: RunDir, launches: list[dict], status: dict) -> dict | None:
     """The Slurm job of a run submitted with --slurm: id, Slurm's state and reason, as shown."""
-    job_id, job = r.job(launches)
+    job_id, job = r.job(launches, status)
     if job_id is None:
         return None
     if job is None:

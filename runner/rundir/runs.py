@@ -53,6 +53,11 @@ def time_limit_pause(run_dir: Path) -> bool:
         return False
 
 
+JOB_ENDS = {"finished": "COMPLETED", "stopped": "COMPLETED", "failed": "FAILED", "cancelled": "CANCELLED"}
+"""How a Slurm job ended, for a run that ended (SETTLED_S ago) as status.json says."""
+SETTLED_S = 300.0
+
+
 class RunError(LookupError):
     """A run that cannot be found or acted on; the message says what to do."""
 
@@ -206,16 +211,23 @@ class RunDir:
             )
         return "failed", error or f"the run's supervisor exited before training started; see {self.log}"
 
-    def job(self, launches: list[dict[str, Any]] | None = None) -> tuple[str | None, Any]:
+    def job(
+        self, launches: list[dict[str, Any]] | None = None, status: dict[str, Any] | None = None
+    ) -> tuple[str | None, Any]:
         """(job id, what Slurm says of it: runner.machine.slurm.JobState) of a run submitted with
         --slurm: state UNKNOWN (reason: why) when Slurm cannot be asked from here, None when Slurm no
-        longer knows the job; (None, None) for a local run."""
+        longer knows the job; (None, None) for a local run. A run that ended a while ago is not
+        asked about (lists refresh every second): its job's end is read from status.json."""
         launches = self.launches() if launches is None else launches
         job_id = ((launches[-1].get("slurm") or {}).get("job_id") if launches else None) or None
         if job_id is None:
             return None, None
         from runner.machine import slurm
 
+        status = self.status() if status is None else status
+        state = status.get("state")
+        if state in JOB_ENDS and time.time() - float(status.get("updated") or 0) > SETTLED_S:
+            return str(job_id), slurm.JobState(JOB_ENDS[state], source="status.json")
         try:
             return str(job_id), slurm.job_state(str(job_id))
         except slurm.SlurmError as err:

@@ -68,7 +68,7 @@ def run_info(run: RunDir) -> RunInfo:
     loss = loss if loss is not None else status.get("loss")
     pids = tuple(int(entry["pid"]) for entry in launches[-1:] if entry.get("pid"))
     state, error = run.explain(status, launches)
-    job_id, job = run.job(launches)
+    job_id, job = run.job(launches, status)
     return RunInfo(
         run.id,
         run.path,
