@@ -389,3 +389,23 @@ def test_a_hub_model_is_fetched_on_the_login_node_before_the_job_is_submitted(
     assert len(weights) == 1
     _wait("the end", lambda: run.status().get("state") in ("finished", "failed"))
     assert run.status()["state"] == "finished", _log(run)[-2000:]
+
+
+def test_a_run_that_does_not_stop_within_its_grace_is_ended_by_its_job(capsys, cluster):
+    """`ftui stop` asks for a checkpoint; a trainer that hangs (here: SIGSTOP) is ended by the job's
+    supervisor --stop-grace seconds later, and the run reads stopped, with why."""
+    import signal
+
+    run = _submit(capsys, cluster, "--set", "train.max_steps=400", "--stop-grace", "3")
+    _wait("the first steps", lambda: _step(run) >= 2)
+    ranks = [json.loads(p.read_text())["pid"] for p in (run.path / "ranks").glob("*.json")]
+    for pid in ranks:
+        os.kill(pid, signal.SIGSTOP)
+    code, out, _ = ftui(capsys, "stop", run.id, "--runs-dir", str(cluster))
+    assert code == 0 and "ends 3 s after the request" in out
+    _wait("the forced end", lambda: run.status().get("state") == "stopped", timeout=120)
+    assert "did not stop within 3 s" in run.status()["last_error"]
+    _wait("the job's end", lambda: not (slurm.job_state(_job(run), fresh=True) or JobState("COMPLETED")).running)
+    assert all(
+        not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2] for pid in ranks
+    )

@@ -62,10 +62,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
     job_id, _ = target.job()
     if outcome == "requested" and job_id is not None:
+        request = (target.launches()[-1].get("slurm") or {}).get("request") or {}
+        grace = int(request.get("stop_grace_s") or STOP_GRACE_S)
         print(
             f"asked {target.id} to save a checkpoint and stop after its current step; Slurm job {job_id} "
-            f"ends within {STOP_GRACE_S // 60} minutes even if it does not; `ftui stop {target.id}` again "
-            "cancels it now"
+            f"ends {grace} s after the request even if it does not; `ftui stop {target.id}` again cancels it now"
         )
     elif outcome == "requested":
         print(

@@ -12,7 +12,7 @@ from runner.launch.lifecycle import PlanRefused, check_data, check_model_files, 
 from runner.recipe.schema import RecipeError, dump_recipe
 from runner.recipe.resolve import verdict
 from runner.launch.build import PACKAGE_ROOT
-from runner.launch.slurm import SlurmRequest, batch_script, job_cpus, sbatch_argv, sbatch_options
+from runner.launch.slurm import STOP_GRACE_S, SlurmRequest, batch_script, job_cpus, sbatch_argv, sbatch_options
 from runner.machine.slurm import SlurmError
 from runner.rundir.runs import RunError, default_runs_dir
 
@@ -67,6 +67,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--account", help="the account to charge")
     g.add_argument("--gpu", help="the GPU type to plan for when sinfo does not name it (e.g. a100-80g)")
     g.add_argument(
+        "--stop-grace",
+        type=int,
+        default=STOP_GRACE_S,
+        metavar="S",
+        help=f"after `ftui stop`, seconds the job may take to checkpoint before it is ended (default {STOP_GRACE_S})",
+    )
+    g.add_argument(
         "--sbatch-arg",
         dest="sbatch_args",
         action="append",
@@ -80,6 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def slurm_request(args: argparse.Namespace) -> SlurmRequest | None:
     given = [f"--{k.replace('_', '-')}" for k in ("partition", "gpus_per_node", "time", "account") if getattr(args, k)]
     given += ["--nodes"] * (args.nodes != 1) + ["--sbatch-arg"] * bool(args.sbatch_args)
+    given += ["--stop-grace"] * (args.stop_grace != STOP_GRACE_S)
     if not args.slurm:
         if given:
             raise CliError(f"{', '.join(dict.fromkeys(given))} only apply to Slurm jobs: add --slurm")
@@ -91,6 +99,7 @@ def slurm_request(args: argparse.Namespace) -> SlurmRequest | None:
         time=args.time,
         account=args.account,
         sbatch_args=tuple(args.sbatch_args),
+        stop_grace_s=args.stop_grace,
     )
     request.check()
     return request

@@ -50,10 +50,14 @@ class SlurmRequest:
     account: str | None = None
     sbatch_args: tuple[str, ...] = field(default_factory=tuple)
     """Extra sbatch options, each one argument (`--qos=high`, `--exclusive`)."""
+    stop_grace_s: int = STOP_GRACE_S
+    """After a stop request, how long the job may take to checkpoint and exit before its step is ended."""
 
     def check(self) -> None:
         if self.nodes < 1:
             raise SlurmError(f"--nodes {self.nodes}: a job needs at least one node")
+        if self.stop_grace_s < 1:
+            raise SlurmError(f"--stop-grace {self.stop_grace_s}: give the seconds a checkpoint may take (1 or more)")
         if self.gpus_per_node is not None and self.gpus_per_node < 1:
             raise SlurmError(f"--gpus-per-node {self.gpus_per_node}: give 1 or more")
         if self.time is not None and time_limit_s(self.time) is None:

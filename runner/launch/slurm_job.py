@@ -11,7 +11,7 @@ download, how the run ended), and what only a job needs:
 - SIGUSR1, sent by Slurm `--signal=B:USR1@N` seconds before the time limit: ask the trainer to
   checkpoint (the stop request); when it has, requeue the job (`scontrol requeue`) and let it start
   again at once. The run is `queued` meanwhile, with `requeued` in status.json.
-- A stop request (`ftui stop`): the trainer saves and exits; if it has not within STOP_GRACE_S the
+- A stop request (`ftui stop`): the trainer saves and exits; if it has not within --stop-grace s the
   step is ended here, so a hung node cannot hold the allocation.
 - SIGTERM (scancel, preemption): record it; a preempted job that Slurm requeues starts again here.
 """
@@ -31,7 +31,7 @@ from runner.machine import slurm
 from runner.rundir.lock import LockBusy, acquire_launch, share
 from runner.rundir.runs import TIME_LIMIT_REQUEST, RunDir, time_limit_pause
 
-from .slurm import STOP_GRACE_S
+from .slurm import STOP_GRACE_S, request_from_json
 
 
 def free_port() -> int:
@@ -47,6 +47,8 @@ class JobSupervisor:
         self.restarts = restarts
         self.time_warning = False
         self.terminated = False
+        self.grace_ended: int | None = None
+        """The stop's grace (s) when the step had to be ended for it."""
         self.child: subprocess.Popen | None = None
 
     # signals -------------------------------------------------------------------------------
@@ -144,6 +146,8 @@ class JobSupervisor:
 
     def _wait(self, child: subprocess.Popen) -> int:
         self.child = child
+        request = (self.run.launches()[-1].get("slurm") or {}).get("request") or {}
+        grace = request_from_json(request).stop_grace_s if request else STOP_GRACE_S
         asked_at = None
         while True:
             try:
@@ -152,8 +156,9 @@ class JobSupervisor:
                 pass
             if asked_at is None and self.run.stop_request.exists():
                 asked_at = time.monotonic()
-            if asked_at is not None and time.monotonic() - asked_at > STOP_GRACE_S:
-                print(f"ftui: the run did not stop within {STOP_GRACE_S} s of the request; ending the step", flush=True)
+            if asked_at is not None and time.monotonic() - asked_at > grace:
+                print(f"ftui: the run did not stop within {grace} s of the request; ending the step", flush=True)
+                self.grace_ended = grace
                 child.terminate()
                 asked_at = float("inf")
 
@@ -175,6 +180,18 @@ class JobSupervisor:
                 run.set_status("stopped", phase="done", last_error=f"could not requeue: {err}; `ftui resume` resubmits")
                 return 1
             return 0
+        if self.grace_ended is not None:
+            run.stop_request.unlink(missing_ok=True)
+            run.set_status(
+                "stopped",
+                exit_code=code,
+                phase="done",
+                ended=time.time(),
+                forced=True,
+                last_error=f"it did not stop within {self.grace_ended} s of the stop request, so the job ended it; "
+                "`ftui resume` continues from the newest complete checkpoint",
+            )
+            return code
         if self.terminated and code != 0:
             stop = run.stop_request.exists() and not time_limit_pause(run.path)
             run.set_status(
