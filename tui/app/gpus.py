@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from typing import Callable
 
 from rich.text import Text
@@ -65,9 +67,10 @@ class GpuPane(Vertical):
         self.app.set_interval(POLL_S, self.poll)
 
     def poll(self) -> None:
-        self.app.run_worker(self._read, thread=True, exclusive=True, group="gpu-poll")
+        app = self.app  # taken here, on the app's thread: a pane being torn down has no app to find later
+        app.run_worker(partial(self._read, app), thread=True, exclusive=True, group="gpu-poll")
 
-    def _read(self) -> None:
+    def _read(self, app) -> None:
         try:
             gpus, error = self.source.snapshot(), ""
         except NoGpu as err:
@@ -78,7 +81,7 @@ class GpuPane(Vertical):
                 owners[p] = owner
             if (user := process_user(p)) is not None:
                 users[p] = user
-        self.app.post_message(GpusUpdated(gpus, error, owners, users))
+        app.post_message(GpusUpdated(gpus, error, owners, users))  # a closed app just drops it
 
     @property
     def lost(self) -> list[GpuSnapshot]:
