@@ -607,17 +607,7 @@ async def test_the_monitor_of_a_two_node_run_shows_both_nodes_gpus_and_names_the
     run.set_status("running")
     (run.path / "nodes").mkdir()
     for node, scenario in (("n1", "1xa100"), ("n2", "8xh100")):
-        gpus = [
-            {
-                "index": g.index,
-                "name": g.name,
-                "memory_used": g.memory_used,
-                "memory_total": g.memory_total,
-                "utilization": g.utilization,
-                "power_w": g.power_w,
-            }
-            for g in NvmlReader(FakeNvml(scenario)).snapshot()
-        ]
+        gpus = [g.as_json() for g in NvmlReader(FakeNvml(scenario)).snapshot()]
         (run.path / "nodes" / f"{node}.json").write_text(json.dumps({"node": node, "step": 10, "gpus": gpus}))
     ranks = {"0": {"node": "n1", "forward_s": 0.100}, "1": {"node": "n2", "forward_s": 0.150}}
     records = [{"step": s, "total_steps": 100, "loss": 2.0, "time": float(s), "ranks": ranks} for s in (5, 10)]

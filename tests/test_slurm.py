@@ -296,14 +296,16 @@ def test_a_two_node_run_checkpoints_on_the_time_limit_signal_requeues_resumes_st
     assert code == 0 and f"Slurm job {job}" in out
     _wait("the stop", lambda: run.status().get("state") == "stopped")
     stopped_at = _step(run)
+    newest = max(int(p.name.split("-")[1]) for p in run.checkpoints.glob("checkpoint-*"))
+    assert newest == stopped_at > saved  # the stop saved where it stopped, after the requeue's checkpoint
     _wait("the job to end", lambda: not (slurm.job_state(job, fresh=True) or JobState("COMPLETED")).running)
     assert _summary(capsys, cluster)["state"] == "stopped"
     # ftui resume resubmits: a new job, from the newest complete checkpoint, to the end.
     code, out, err = ftui(capsys, "resume", run.id, "--runs-dir", str(cluster))
     assert code == 0, err
     assert "resubmitted" in out and _job(run) != job
-    _wait("the resumed job", lambda: "Slurm job " + _job(run) + " on n1, n2: training from checkpoint" in _log(run))
-    assert stopped_at >= saved
+    resumed = f"Slurm job {_job(run)} on n1, n2: training from checkpoint-{newest}"
+    _wait("the resumed job", lambda: resumed in _log(run))
     _wait("the end", lambda: run.status().get("state") in ("finished", "failed"))
     row = _wait("the job's end", lambda: (r := _summary(capsys, cluster))["slurm"]["state"] == "COMPLETED" and r)
     assert row["state"] == "finished" and row["step"] == 40 and row["slurm"]["label"] == "completed"

@@ -11,8 +11,7 @@ from runner.launch.download import describe
 from runner.launch.lifecycle import PlanRefused, check_data, check_model_files, model_download, prepare, start_run
 from runner.recipe.schema import RecipeError, dump_recipe
 from runner.recipe.resolve import verdict
-from runner.launch.build import PACKAGE_ROOT
-from runner.launch.slurm import STOP_GRACE_S, SlurmRequest, batch_script, job_cpus, sbatch_argv, sbatch_options
+from runner.launch.slurm import STOP_GRACE_S, SlurmRequest, job_script
 from runner.machine.slurm import SlurmError
 from runner.rundir.runs import RunError, default_runs_dir
 
@@ -167,10 +166,8 @@ def dry_run(
         )
     if request is not None:
         run_dir = (runs_dir or default_runs_dir()).expanduser().resolve() / "RUN-ID"
-        cuda = settings.device == "cuda"
-        options = sbatch_options(request, run_dir.name, settings.gpus_per_node, cuda, job_cpus(request))
-        env = {"PYTHONPATH": str(PACKAGE_ROOT), "PYTHONUNBUFFERED": "1"}
+        job = job_script(run_dir, settings, request, sys.executable)
         print("# the batch script (RUN-ID: the run directory made at submission), submitted with:")
-        print("#   " + " ".join(sbatch_argv(run_dir / "slurm.sbatch", run_dir)))
-        print(batch_script(run_dir, options, sys.executable, env), end="")
+        print("#   " + " ".join(job.argv))
+        print(job.text, end="")
     return 0 if ok else 3

@@ -40,18 +40,9 @@ from runner.data.hub import fetch_dataset, hub_dataset_id
 
 from runner.machine import slurm as slurm_cmd
 
-from .build import PACKAGE_ROOT, LaunchPlan, build_launch, spawn_detached
+from .build import LaunchPlan, build_launch, spawn_detached
 from .download import DownloadPlan, check_disk, hub_repo, plan_download
-from .slurm import (
-    SlurmRequest,
-    batch_script,
-    job_cpus,
-    job_machine,
-    request_from_json,
-    request_json,
-    sbatch_argv,
-    sbatch_options,
-)
+from .slurm import SCRIPT, SlurmRequest, job_machine, job_script, recorded_request, request_json
 from .supervise import disk_full_message, free_interrupted_save
 
 
@@ -348,13 +339,11 @@ def submit_job(
     if download is not None and not download.complete:
         _fetch_here(run, download)  # compute nodes are often offline, and GPU hours should not wait on it
         download = None
-    env = {"PYTHONPATH": str(PACKAGE_ROOT), "PYTHONUNBUFFERED": "1"}
-    options = sbatch_options(request, run.id, settings.gpus_per_node, settings.device == "cuda", job_cpus(request))
-    script = run.path / "slurm.sbatch"
-    argv = sbatch_argv(script, run.path)
+    job = job_script(run.path, settings, request, python)
+    script, argv, env = run.path / SCRIPT, job.argv, job.env
     with _no_hangup():
         try:
-            script.write_text(batch_script(run.path, options, python, env), encoding="utf-8")
+            script.write_text(job.text, encoding="utf-8")
             record = {
                 "request": request_json(request),
                 "job_id": None,
@@ -422,11 +411,10 @@ def resume_run(run: RunDir, *, machine: Machine | None = None, python: str = sys
                 f"To train longer, start a new run from {run.recipe} with a larger train.max_steps or train.epochs"
             )
         launches = run.launches()
-        job = (launches[-1].get("slurm") or {}) if launches else {}
+        request = recorded_request(launches)
         try:
-            if job:
-                request = request_from_json(job.get("request") or {})
-                machine, gpu, _ = job_machine(request, job.get("gpu"))
+            if request is not None:
+                machine, gpu, _ = job_machine(request, launches[-1]["slurm"].get("gpu"))
                 settings = resolve(load_recipe(run.recipe), machine, gpu=gpu)
             else:
                 settings = resolve(load_recipe(run.recipe), machine or detect_machine())
@@ -462,7 +450,7 @@ def resume_run(run: RunDir, *, machine: Machine | None = None, python: str = sys
         run.stop_request.unlink(missing_ok=True)
         if best is None:  # it ended before its first save finished: nothing to lose by starting over
             print(f"ftui: {run.id} has no finished checkpoint yet; it starts again from step 0", file=sys.stderr)
-        if job:
+        if request is not None:
             return submit_job(run, settings, request, python, download, str(best.path) if best else None)
         return _launch(run, settings, str(best.path) if best else None, python, lock, download)
 

@@ -28,7 +28,9 @@ from pathlib import Path
 
 from runner.machine import slurm
 from runner.machine.slurm import SlurmError, time_limit_s
-from runner.recipe.resolve import Machine
+from runner.recipe.resolve import Machine, RunSettings
+
+from .build import PACKAGE_ROOT
 
 WARN_BEFORE_END_S = 300
 """Seconds before the time limit that the batch step is told to checkpoint (`--signal`); a
@@ -132,6 +134,25 @@ def batch_script(run_dir: Path, options: list[str], python: str, env: dict[str, 
     return "\n".join(lines) + "\n"
 
 
+def job_script(run_dir: Path, settings: RunSettings, request: SlurmRequest, python: str) -> JobScript:
+    """The batch script of `settings` as a job of `request`, and how it is submitted."""
+    env = {"PYTHONPATH": str(PACKAGE_ROOT), "PYTHONUNBUFFERED": "1"}
+    cuda = settings.device == "cuda"
+    options = sbatch_options(request, run_dir.name, settings.gpus_per_node, cuda, job_cpus(request))
+    return JobScript(batch_script(run_dir, options, python, env), sbatch_argv(run_dir / SCRIPT, run_dir), env)
+
+
+@dataclass(frozen=True)
+class JobScript:
+    text: str
+    argv: list[str]
+    """The sbatch command that submits it."""
+    env: dict[str, str]
+
+
+SCRIPT = "slurm.sbatch"
+
+
 def sbatch_argv(script: Path, run_dir: Path) -> list[str]:
     """The submission: paths on the command line (never parsed out of a #SBATCH line)."""
     return ["sbatch", "--parsable", f"--output={run_dir / 'train.log'}", f"--chdir={run_dir}", str(script)]
@@ -174,6 +195,12 @@ def job_machine(request: SlurmRequest, gpu: str | None = None) -> tuple[Machine,
 
 def request_json(request: SlurmRequest) -> dict:
     return {**dataclasses.asdict(request), "sbatch_args": list(request.sbatch_args)}
+
+
+def recorded_request(launches: list[dict]) -> SlurmRequest | None:
+    """What the latest launch of a run asked Slurm for (None: not a Slurm run)."""
+    job = (launches[-1].get("slurm") or {}) if launches else {}
+    return request_from_json(job["request"]) if job.get("request") else None
 
 
 def request_from_json(data: dict) -> SlurmRequest:

@@ -31,7 +31,7 @@ from runner.machine import slurm
 from runner.rundir.lock import LockBusy, acquire_launch, share
 from runner.rundir.runs import TIME_LIMIT_REQUEST, RunDir, time_limit_pause
 
-from .slurm import STOP_GRACE_S, request_from_json
+from .slurm import STOP_GRACE_S, recorded_request
 
 
 def free_port() -> int:
@@ -146,8 +146,8 @@ class JobSupervisor:
 
     def _wait(self, child: subprocess.Popen) -> int:
         self.child = child
-        request = (self.run.launches()[-1].get("slurm") or {}).get("request") or {}
-        grace = request_from_json(request).stop_grace_s if request else STOP_GRACE_S
+        request = recorded_request(self.run.launches())
+        grace = request.stop_grace_s if request is not None else STOP_GRACE_S
         asked_at = None
         while True:
             try:

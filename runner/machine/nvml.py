@@ -43,6 +43,11 @@ class GpuSnapshot:
     def memory_total_mib(self) -> int:
         return self.memory_total // 2**20
 
+    def as_json(self) -> dict[str, Any]:
+        """What a node records of its GPU beside the metrics (RUN_DIR/nodes/<node>.json)."""
+        keys = ("index", "name", "memory_used", "memory_total", "utilization", "power_w", "power_limit_w")
+        return {k: getattr(self, k) for k in keys}
+
 
 class NvmlReader:
     """Reads GPUs through an NVML binding (`pynvml` from nvidia-ml-py, or a fake with its API)."""

@@ -10,7 +10,6 @@ command knows the job any more, and the run's own status.json is all there is.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -19,6 +18,9 @@ from dataclasses import dataclass
 
 TIME_LIMIT = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 COMMAND_TIMEOUT_S = 30
+CACHE_S = 2.0
+"""How long an answer is reused: a list of runs asks about each job once per refresh, not once per
+column, and a submission asks sinfo once."""
 
 
 class SlurmError(RuntimeError):
@@ -38,10 +40,6 @@ def time_limit_s(text: str) -> int | None:
     else:
         h, mi, s = (a, 0, 0) if days is not None else (0, a, 0)
     return (days or 0) * 86400 + h * 3600 + mi * 60 + s
-
-
-def available() -> bool:
-    return shutil.which("sbatch") is not None
 
 
 def _slurm(argv: list[str], timeout: float = COMMAND_TIMEOUT_S) -> str:
@@ -77,8 +75,21 @@ class Partition:
 GRES_GPU = re.compile(r"gpu(?::([A-Za-z][\w.-]*))?:(\d+)")
 
 
+_PARTITIONS: dict[str | None, tuple[float, "Partition"]] = {}
+
+
 def partition(name: str | None) -> Partition:
-    """The partition `name` (None: the default one) as sinfo describes it."""
+    """The partition `name` (None: the default one) as sinfo describes it (asked once per CACHE_S:
+    a submission plans for it and sizes the job's CPUs from the same answer)."""
+    hit = _PARTITIONS.get(name)
+    if hit and time.monotonic() - hit[0] < CACHE_S:
+        return hit[1]
+    found = _partition(name)
+    _PARTITIONS[name] = (time.monotonic(), found)
+    return found
+
+
+def _partition(name: str | None) -> Partition:
     argv = ["sinfo", "-h", "-o", "%P|%G|%c|%D"]
     if name:
         argv += ["-p", name]
@@ -162,8 +173,6 @@ LABELS = {
 }
 
 _CACHE: dict[str, tuple[float, JobState | None]] = {}
-CACHE_S = 2.0
-"""A list of runs asks about each job once per refresh, not once per column."""
 
 
 def job_state(job_id: str, *, fresh: bool = False) -> JobState | None:
@@ -224,13 +233,8 @@ def _scontrol(job_id: str) -> JobState | None:
     )
 
 
-def cancel(job_id: str, signal: str | None = None, batch_only: bool = False) -> None:
-    argv = ["scancel"]
-    if signal:
-        argv.append(f"--signal={signal}")
-    if batch_only:
-        argv.append("--batch")
-    _slurm([*argv, job_id])
+def cancel(job_id: str) -> None:
+    _slurm(["scancel", job_id])
     _CACHE.pop(job_id, None)
 
 
@@ -255,8 +259,3 @@ def node_address(node: str) -> str:
         return node
     m = re.search(r"\bNodeAddr=(\S+)", out)
     return m.group(1) if m else node
-
-
-def job_environment(environ=os.environ) -> dict[str, str]:
-    """The SLURM_* variables that describe the job this process runs in."""
-    return {k: v for k, v in environ.items() if k.startswith("SLURM_")}

@@ -190,9 +190,9 @@ class RunDir:
         if state not in ACTIVE:
             return state, error
         launches = self.launches() if launches is None else launches
-        job_id = ((launches[-1].get("slurm") or {}).get("job_id") if launches else None) or None
+        job_id = _job_id(launches)
         if job_id is not None:
-            return self._explain_job(state, error, str(job_id))
+            return self._explain_job(state, error, job_id)
         if not holding_lock and lock_held(self.path):
             return state, error
         sup = self.supervisor(launches)
@@ -218,8 +218,7 @@ class RunDir:
         --slurm: state UNKNOWN (reason: why) when Slurm cannot be asked from here, None when Slurm no
         longer knows the job; (None, None) for a local run. A run that ended a while ago is not
         asked about (lists refresh every second): its job's end is read from status.json."""
-        launches = self.launches() if launches is None else launches
-        job_id = ((launches[-1].get("slurm") or {}).get("job_id") if launches else None) or None
+        job_id = _job_id(self.launches() if launches is None else launches)
         if job_id is None:
             return None, None
         from runner.machine import slurm
@@ -227,11 +226,11 @@ class RunDir:
         status = self.status() if status is None else status
         state = status.get("state")
         if state in JOB_ENDS and time.time() - float(status.get("updated") or 0) > SETTLED_S:
-            return str(job_id), slurm.JobState(JOB_ENDS[state], source="status.json")
+            return job_id, slurm.JobState(JOB_ENDS[state], source="status.json")
         try:
-            return str(job_id), slurm.job_state(str(job_id))
+            return job_id, slurm.job_state(job_id)
         except slurm.SlurmError as err:
-            return str(job_id), slurm.JobState("UNKNOWN", str(err), source="error")
+            return job_id, slurm.JobState("UNKNOWN", str(err), source="error")
 
     def _explain_job(self, state: str, error: str, job_id: str) -> tuple[str, str]:
         """An active run of a Slurm job: the controller's word decides what is alive."""
@@ -278,6 +277,12 @@ class RunDir:
         old = self.status()
         keep = {k: old[k] for k in ("step", "total_steps", "loss", "eval_loss") if k in old}
         write_json_atomic(self.status_file, {**keep, "state": "queued", "launch": launch, "updated": time.time()})
+
+
+def _job_id(launches: list[dict[str, Any]]) -> str | None:
+    """The Slurm job of the latest launch (None: a local launch)."""
+    job = (launches[-1].get("slurm") or {}).get("job_id") if launches else None
+    return str(job) if job else None
 
 
 RUNS_DIR_ENV = "FTUI_RUNS_DIR"

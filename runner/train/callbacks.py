@@ -73,18 +73,7 @@ def sample_node_gpus(run: RunDir, step: int) -> None:
     from runner.rundir.runs import write_json_atomic
 
     try:
-        gpus = [
-            {
-                "index": g.index,
-                "name": g.name,
-                "memory_used": g.memory_used,
-                "memory_total": g.memory_total,
-                "utilization": g.utilization,
-                "power_w": g.power_w,
-                "power_limit_w": g.power_limit_w,
-            }
-            for g in local_gpus()
-        ]
+        gpus = [g.as_json() for g in local_gpus()]
         why = None
     except NoGpu as err:
         gpus, why = [], str(err)
