@@ -37,6 +37,9 @@ class Precision:
     """Matmul outputs (2 under bf16/fp16 autocast or a 16-bit model, 4 in fp32)."""
     stream: int
     """Residual stream between blocks (4 when the weights are fp32 under autocast)."""
+    quantized_out: int = 0
+    """Outputs of 4-bit linears when not `compute`: bitsandbytes' Linear4bit casts its input to the
+    compute dtype and its output back to the input's dtype, so an fp32 stream gives fp32 outputs."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,9 @@ def block_activations(
     """Activation bytes of one block.
 
     `trainable`: its base weights get gradients. `quantized`: its linears are bitsandbytes 4/8-bit
-    layers, whose matmul (MatMul4Bit up to bitsandbytes 0.44, the version behind published QLoRA
-    measurements) keeps its input for backward although the weight is frozen.
+    layers. Their matmul keeps no input for backward (bitsandbytes >= 0.45's MatMul4Bit holds only
+    the packed weight: the trace of a QLoRA step without checkpointing shows no copy per reader);
+    fed an fp32 stream, they return fp32 outputs (`p.quantized_out`).
     """
     h, i, dt = arch.hidden, arch.intermediate, p.compute
     linears = arch.block if moe or not arch.dense_block else arch.dense_block
@@ -124,7 +128,7 @@ def block_activations(
     for lin in fused_adapted:
         saved_const += dt * lin.copies * lin.in_features * lin.out_features
     for lin in linears:
-        if ((trainable or quantized) and lin.group != "router") or lin in fused_adapted:
+        if (trainable and lin.group != "router") or lin in fused_adapted:
             kept_inputs.add(lin.reads)
     # fp32 weights under 16-bit autocast (full/freeze/LISA in bf16-mixed): the residual stream and
     # the norms' outputs are fp32, and autocast casts them to 16 bits separately for every linear that
@@ -139,7 +143,7 @@ def block_activations(
             reads_w = _reads_width(arch, reads)
         copies = routed if reads.startswith("mlp") else 1
         if casts_per_reader and reads in ("attn_in", "mlp_in"):
-            copies *= sum(1 for lin in linears if lin.reads == reads and (trainable or quantized))
+            copies *= sum(1 for lin in linears if lin.reads == reads and trainable)
         saved += copies * dt * reads_w
         if reads.startswith("mlp"):
             mlp_saved += copies * dt * reads_w
@@ -200,10 +204,13 @@ def block_activations(
     # MLP: gated keeps gate, up and act(gate); plain GeLU keeps fc1's output (gelu input). Phi's
     # gelu_new is separate ops: pow (fp32 under autocast) keeps its input, tanh its output, and the
     # final product 0.5*x and (1 + tanh): 4 + 4 + 2 + 4 bytes per element.
+    # 4-bit MLP linears fed an fp32 stream return fp32 (Precision.quantized_out); fused MoE experts
+    # are not bitsandbytes layers and compute in the autocast dtype.
+    mw = p.quantized_out if quantized and p.quantized_out and not (moe and arch.fused_experts) else dt
     if arch.mlp_act == "gelu_new":
-        mlp_core = routed * (14 if dt == 2 else 16) * i
+        mlp_core = routed * (14 if mw == 2 else 16) * i
     else:
-        mlp_core = routed * dt * (3 * i if arch.gated_mlp else i)
+        mlp_core = routed * mw * (3 * i if arch.gated_mlp else i)
     if moe and arch.experts:
         mlp_core += 4 * arch.experts + routed * dt * h  # router softmax (fp32) and weighted expert outputs
     saved += mlp_core
@@ -213,7 +220,7 @@ def block_activations(
     # set while everything the block saved is alive. Then the attention core's backward, once the
     # MLP's saved tensors are gone: eager attention holds its fp32 softmax, the fp32 gradient of the
     # probabilities and softmax's input gradient (the 16-bit probabilities are freed by then).
-    transient = routed * dt * (3 * i if arch.gated_mlp else 2 * i) + 2 * dt * h
+    transient = routed * mw * (3 * i if arch.gated_mlp else 2 * i) + 2 * dt * h
     attn_transient = dt * (2 * q + 2 * k_saved)
     attn_transient_scores = arch.heads * 12 if attn == "eager" or math else 0.0
     return BlockActivations(

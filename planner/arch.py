@@ -178,6 +178,14 @@ class Architecture:
         dense_lin = sum(lin.params for lin in self.dense_block)
         return dense * dense_lin + (self.layers - dense) * moe_lin
 
+    @cached_property
+    def fused_expert_params(self) -> int:
+        """Parameters of fused MoE experts (3-D nn.Parameters, not nn.Linear)."""
+        if not self.fused_experts:
+            return 0
+        dense = self.layers - self.moe_layers if self.dense_block else 0
+        return (self.layers - dense) * sum(lin.params for lin in self.block if lin.copies > 1)
+
     # --- LoRA ----------------------------------------------------------------------------
 
     def linear_names(self) -> tuple[str, ...]:

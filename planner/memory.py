@@ -170,6 +170,10 @@ def widths(setup: Setup) -> Widths:
     p = setup.precision
     if p == "fp32":
         return Widths(4, 4, 4, 0, 4, Precision(4, 4))
+    if setup.upcasts_unquantized:
+        # QLoRA with its unquantized parameters in fp32: the fp32 norms make the residual stream fp32,
+        # and bitsandbytes returns each 4-bit matmul in its input's dtype (fp32 outputs but o_proj's).
+        return Widths(2, 4, 4, 0, 4, Precision(2, 4, 4))
     if p == "bf16-true":
         # HF Trainer on a bf16-loaded model: torch AdamW keeps its moments in the param dtype.
         return Widths(2, 2, 2, 0, 2 if setup.deepspeed else 4, Precision(2, 2))
@@ -351,7 +355,10 @@ def _quantized_weight_terms(
     else:
         per = 1.0 + 4 / arch.hidden  # LLM.int8: int8 weights + an fp32 scale per output row
     rest = pr.total - pr.quantized
-    rest_bytes = 4 if setup.precision == "fp32" else 2  # loaded in the compute dtype, not upcast to fp32
+    rest_bytes = 4 if setup.precision == "fp32" else 2  # loaded in the compute dtype
+    # The runner (as peft's prepare_model_for_kbit_training) upcasts the 16-bit rest to fp32, all but
+    # fused MoE expert stacks (the bulk of an MoE model, kept in the compute dtype).
+    upcast = rest - arch.fused_expert_params if setup.upcasts_unquantized else 0
     # Under FSDP the 4-bit weights are stored in a 16-bit quant_storage dtype, so FSDP can shard them
     # like any other parameter (accelerate leaves integer-stored Params4bit unsharded).
     sharded = f"; FSDP shards over {shard}" if shard > 1 else ""
@@ -365,9 +372,14 @@ def _quantized_weight_terms(
         ),
         Term(
             "weights",
-            "16-bit weights (embeddings, head, norms)",
-            on_gpu * rest * rest_bytes / shard,
-            source="embeddings, LM head, norms (and fused MoE experts, not nn.Linear) stay in the compute dtype"
+            "unquantized weights (embeddings, head, norms)",
+            on_gpu * ((rest - upcast) * rest_bytes + upcast * 4) / shard,
+            source=(
+                f"{upcast:,} unquantized params upcast to fp32 (prepare_model_for_kbit_training)"
+                + (f", {rest - upcast:,} fused expert params in {rest_bytes} B" if rest - upcast else "")
+                if upcast
+                else "embeddings, LM head, norms (and fused MoE experts, not nn.Linear) stay in the compute dtype"
+            )
             + sharded,
             state=True,
         ),
@@ -571,6 +583,7 @@ def activation_terms(
         weight=w.weight,
         grad=w.grad,
         autocast_fp32_weights=autocast_fp32,
+        frozen_fp32_head=setup.upcasts_unquantized,
         trained_linears=arch.block if pr.trained_layers else (),
         dora=tuple(dora_moments(arch, adapters, w.act.compute, effective_dropout(arch, setup))) if setup.dora else (),
         grad_shard=_shard(setup, cluster, 2) if cluster is not None else 1,

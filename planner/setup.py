@@ -112,6 +112,13 @@ class Setup:
         return self.tuner in ("lora", "qlora")
 
     @property
+    def upcasts_unquantized(self) -> bool:
+        """QLoRA holding what bitsandbytes left unquantized (embeddings, norms, the head) in fp32, as
+        peft's prepare_model_for_kbit_training does and the runner does after it; not under DeepSpeed
+        (it casts the module to 16 bits) or FSDP (one dtype per shard group), nor in fp32 anyway."""
+        return self.tuner == "qlora" and self.zero == 0 and not self.is_fsdp and self.precision != "fp32"
+
+    @property
     def deepspeed(self) -> bool:
         return self.zero > 0
 

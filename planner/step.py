@@ -121,6 +121,7 @@ def walk(
     grad: int,
     autocast_fp32_weights: bool,
     trained_linears: tuple[Linear, ...],
+    frozen_fp32_head: bool = False,
     dora: tuple[DoraMoment, ...] = (),
     grad_shard: int = 1,
 ) -> list[Event]:
@@ -159,9 +160,11 @@ def walk(
         if cast:
             blocks += cast * block_lin * n_trained  # the 16-bit weight copies the matmuls saved
         kept = Piece("activations", "saved activations", blocks, f"{n_grad} blocks' saved tensors")
+    # The head's 16-bit copy, made by autocast from an fp32 head (trained, or QLoRA's upcast one) and
+    # saved by its matmul for the input gradient until the head's backward.
     head_cast = (
-        [Piece("weights", "16-bit copy of the LM head (autocast)", cast * V * H, "saved by the head's matmul")]
-        if cast
+        [Piece("weights", "16-bit copy of the LM head (autocast)", 2 * V * H, "saved by the head's matmul")]
+        if cast or frozen_fp32_head
         else []
     )
     cache = (

@@ -16,6 +16,18 @@ REPO = Path(__file__).resolve().parent.parent
 FAKE_NVML_ENV = "FTUI_FAKE_NVML"
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject's addopts): one worker per core, at most 4. Most time goes to real
+    multi-process training runs, so more workers than cores only slow each other down. Each test file
+    stays on one worker (--dist loadfile): the Slurm tests share one cluster, and module fixtures train
+    their runs once."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
 @pytest.fixture(autouse=True)
 def _no_real_nvml(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test starts on the `none` fake scenario (no GPU), whatever the shell has set;
@@ -63,6 +75,14 @@ def kill_runs(root: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    """FTUI_RUNS_DIR for the test; every run left under it is killed afterwards."""
+    monkeypatch.setenv("FTUI_RUNS_DIR", str(tmp_path / "runs"))
+    yield tmp_path / "runs"
+    kill_runs(tmp_path / "runs")
 
 
 def await_run_processes(run, timeout: float = 240) -> list[int]:

@@ -195,9 +195,15 @@ def test_qlora_nf4_stores_linears_in_about_half_a_byte():
     est = estimate(a, Setup(tuner="qlora", quant="nf4"), ONE)
     per_param = term(est, "quantized linear weights") / a.layer_linear_params
     assert 0.5 < per_param < 0.6
-    # Embeddings, head and norms stay 16-bit.
-    assert term(est, "16-bit weights (embeddings, head, norms)") == 2 * (a.params - a.layer_linear_params)
+    # Embeddings, head and norms are upcast to fp32 (peft's prepare_model_for_kbit_training, the runner's
+    # prepare_quantized); DeepSpeed casts the module back to 16 bits, FSDP keeps one dtype.
+    rest = a.params - a.layer_linear_params
+    assert term(est, "unquantized weights (embeddings, head, norms)") == 4 * rest
     assert term(est, "model weights") == 0
+    for launcher in (dict(zero=2), dict(fsdp="full_shard")):
+        kept = estimate(a, Setup(tuner="qlora", quant="nf4", **launcher), EIGHT if "fsdp" in launcher else ONE)
+        shard = 8 if "fsdp" in launcher else 1
+        assert term(kept, "unquantized weights (embeddings, head, norms)") == 2 * rest / shard
 
 
 def test_qlora_leaves_fused_moe_experts_in_16_bits():
@@ -209,7 +215,9 @@ def test_qlora_leaves_fused_moe_experts_in_16_bits():
     assert experts > 0.8 * a.params  # most of the model
     assert a.layer_linear_params < a.params - experts
     est = estimate(a, Setup(tuner="qlora"), ONE)
-    assert term(est, "16-bit weights (embeddings, head, norms)") >= 2 * experts
+    # the experts stay 16-bit; the rest (embeddings, head, norms, router) is upcast to fp32
+    rest = a.params - a.layer_linear_params - experts
+    assert term(est, "unquantized weights (embeddings, head, norms)") == 2 * experts + 4 * rest
 
 
 def test_qlora_double_quant_is_smaller_than_plain_nf4():

@@ -66,6 +66,20 @@ class Terminal:
                 raise AssertionError(f"never saw {needles!r}; the screen:\n{screen}")
             time.sleep(0.1)  # polling the terminal is the only way to watch it
 
+    def press_for(self, key: str, *needles: str, tries: int = 3, timeout: float = 30.0) -> str:
+        """Press `key` until the needles show. On a loaded two-core machine a key pressed just after a
+        screen switch is now and then not seen by the app (reproduced 1 in 5 with four busy loops
+        beside the test, never on an idle machine); a user presses it again, and so does this. A key
+        that never works still fails."""
+        for attempt in range(tries):
+            self.keys(key)
+            try:
+                return self.wait_for(*needles, timeout=timeout / tries)
+            except AssertionError:
+                if attempt == tries - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     def wait_until(self, condition, what: str, timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout
         while not condition(screen := self.screen()):
@@ -110,18 +124,15 @@ def test_the_demo_in_tmux_monitor_tabs_planner_and_quit(terminal, tmp_path):
     # esc goes back to the tabs: the runs list, then the GPUs with the run's processes by rank.
     terminal.keys("Escape")
     terminal.wait_for("Runs (r)", "qwen2.5-7b-lora-8xh100", "ftui")
-    terminal.keys("g")
-    terminal.wait_for("H100 80GB HBM3", "r0 qwen2.5-7b-lora-8xh100")
+    terminal.press_for("g", "H100 80GB HBM3", "r0 qwen2.5-7b-lora-8xh100")
 
     # The planner plans for the GPUs it sees.
-    terminal.keys("p")
-    terminal.wait_for("model", "here: 8")
+    terminal.press_for("p", "model", "here: 8")
     terminal.text("qwen2.5-7b")
     terminal.wait_for("FITS", "recommended", "tokens/s")
     terminal.keys("Escape")  # leave the field, so the next keys are commands again
     terminal.wait_for("plan this one")  # the alternatives table has focus: its key is in the footer
-    terminal.keys("r")
-    terminal.wait_for("qwen2.5-7b-lora-8xh100", "started")
+    terminal.press_for("r", "qwen2.5-7b-lora-8xh100", "started")
 
     # q quits the app and only the app.
     terminal.keys("q")

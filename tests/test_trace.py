@@ -171,3 +171,37 @@ def test_python_m_runner_train_trace_answers_in_json():
         "traceable": False,
         "reason": "QLoRA int8 is not traceable (bitsandbytes' 8-bit layers): analytic only",
     }
+
+
+@pytest.mark.parametrize("launcher", [{}, {"zero": 2}, {"fsdp": "full_shard"}])
+def test_qlora_holds_what_bitsandbytes_left_unquantized_in_fp32_unless_the_launcher_recasts_it(tmp_path, launcher):
+    # As peft's prepare_model_for_kbit_training (the QLoRA recipe): embeddings, norms and the head in
+    # fp32, the 4-bit weights untouched, only the adapters trainable. DeepSpeed would cast the module
+    # back to 16 bits and FSDP wants one dtype per shard group: there the base stays 16-bit.
+    import dataclasses
+
+    import bitsandbytes as bnb
+    import torch
+
+    from recipes import RECIPES_DIR, find_recipe
+    from runner.recipe.schema import load_recipe
+    from runner.rundir.runs import RunDir
+    from runner.train.entry import apply_tuner, load_model
+
+    recipe = load_recipe(find_recipe("tiny-demo"))
+    recipe = recipe.but(
+        model=dataclasses.replace(recipe.model, path=str(RECIPES_DIR / "tiny" / "model")),
+        tuner="qlora",
+        train=dataclasses.replace(recipe.train, precision="bf16-true"),
+        distributed=dataclasses.replace(recipe.distributed, **{"zero": 0, **launcher}),
+    )
+    model = apply_tuner(load_model(recipe, RunDir(tmp_path)), recipe)
+    quantized = [m.weight for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized and all(w.dtype in (torch.uint8, torch.bfloat16) for w in quantized)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    base = {p.dtype for n, p in model.named_parameters() if "lora_" not in n and p.dtype.is_floating_point}
+    if not launcher:
+        assert base == {torch.float32}
+    else:
+        assert torch.bfloat16 in base and torch.float32 not in base

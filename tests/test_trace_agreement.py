@@ -32,6 +32,8 @@ CASES = (
         ("qwen3", dict(tuner="lisa", lisa_layers=2, seq_len=1024, grad_ckpt=False)),
         ("phi3", dict(tuner="lora", attn="eager", seq_len=2048, micro_batch=2)),
         ("qwen3_moe", dict(tuner="qlora", seq_len=512, micro_batch=2)),  # fused experts stay 16-bit
+        ("llama", dict(tuner="qlora", seq_len=2048)),  # embeddings, norms, head upcast to fp32: an fp32 stream
+        ("qwen2", dict(tuner="qlora", seq_len=1024, grad_ckpt=False)),  # every block's fp32 MLP tensors kept
     ]
 )
 

@@ -72,8 +72,10 @@ does not exist).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -90,6 +92,8 @@ ENTRY_MODULE = "runner.train"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 """The directory holding the `runner` package: the child's cwd and the head of its PYTHONPATH."""
 LAUNCHERS = ("python", "torchrun", "accelerate", "deepspeed")
+DEFAULT_MASTER_PORT = 29500
+"""The recipe's default distributed.master_port (torch's own default)."""
 
 
 @dataclass(frozen=True)
@@ -363,6 +367,22 @@ def _usable_cpus() -> int:
 
 
 # --- the plan ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def own_port(settings: RunSettings) -> RunSettings:
+    """A one-node run on the default rendezvous port gets a free port of its own, so two runs on
+    one machine (two 4-GPU jobs on an 8-GPU node) never meet on 29500; torchrun's --standalone
+    does the same. A port the recipe names, and every multi-node port, is kept."""
+    if settings.nodes == 1 and settings.master_port == DEFAULT_MASTER_PORT:
+        return dataclasses.replace(settings, master_port=free_port())
+    return settings
 
 
 def build_launch(

@@ -40,7 +40,7 @@ from runner.data.hub import fetch_dataset, hub_dataset_id
 
 from runner.machine import slurm as slurm_cmd
 
-from .build import LaunchPlan, build_launch, spawn_detached
+from .build import LaunchPlan, build_launch, own_port, spawn_detached
 from .download import DownloadPlan, check_disk, hub_repo, plan_download
 from .slurm import SCRIPT, SlurmRequest, job_machine, job_script, recorded_request, request_json
 from .supervise import disk_full_message, free_interrupted_save
@@ -288,6 +288,7 @@ def _launch(
     lock: int,
     download: DownloadPlan | None = None,
 ) -> Started:
+    settings = own_port(settings)
     plan = build_launch(settings, run.path, python=python, resume_from=resume_from)
     with _no_hangup():
         try:

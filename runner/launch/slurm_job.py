@@ -31,13 +31,8 @@ from runner.machine import slurm
 from runner.rundir.lock import LockBusy, acquire_launch, share
 from runner.rundir.runs import TIME_LIMIT_REQUEST, RunDir, time_limit_pause
 
+from .build import free_port
 from .slurm import STOP_GRACE_S, recorded_request
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 class JobSupervisor:

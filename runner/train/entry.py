@@ -144,6 +144,9 @@ def apply_tuner(model, recipe: Recipe, arch=None):
     if recipe.tuner in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
+        if recipe.tuner == "qlora" and upcasts_unquantized(recipe):
+            model = prepare_quantized(model)
+
         dropout = recipe.lora.dropout
         if dropout and fused_experts(model):
             print(
@@ -162,6 +165,36 @@ def apply_tuner(model, recipe: Recipe, arch=None):
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, config)
+    return model
+
+
+def upcasts_unquantized(recipe: Recipe) -> bool:
+    """Whether a QLoRA run holds the parameters bitsandbytes left unquantized in fp32: yes, as the
+    QLoRA recipe does (peft's prepare_model_for_kbit_training), except where the launcher would undo
+    or refuse it: DeepSpeed casts the whole module to its 16-bit dtype, and FSDP wants one dtype per
+    shard group (its 4-bit weights are stored in the compute dtype to be sharded with the rest)."""
+    d = recipe.distributed
+    deepspeed = isinstance(d.zero, int) and d.zero > 0  # resolved by the time a run trains
+    return recipe.tuner == "qlora" and not deepspeed and d.fsdp == "none" and recipe.train.precision != "fp32"
+
+
+def prepare_quantized(model):
+    """What peft's prepare_model_for_kbit_training does before the adapters, without its
+    checkpointing (the Trainer's own settings decide that): the base frozen, and every 16-bit
+    parameter bitsandbytes left unquantized (embeddings, norms, the head) held in fp32. The norms'
+    fp32 outputs then make the residual stream fp32 (bitsandbytes returns each matmul in its
+    input's dtype). The 4-bit weights (Params4bit, also under a 16-bit quant storage) stay, and so
+    do fused MoE expert stacks (3-D parameters bitsandbytes cannot quantize): in fp32 they would
+    double the largest part of the model, and their grouped matmul takes 16-bit operands."""
+    import torch
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+        if param.dtype not in (torch.float16, torch.bfloat16) or type(param).__name__ == "Params4bit":
+            continue
+        if param.ndim == 3:
+            continue
+        param.data = param.data.to(torch.float32)
     return model
 
 
