@@ -15,8 +15,6 @@ from tui.cli import main
 
 from conftest import await_run_processes, kill_runs
 
-pytestmark = pytest.mark.xdist_group("export")  # the runs it trains once per module are read by every test here
-
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")

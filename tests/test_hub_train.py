@@ -17,8 +17,6 @@ from tui.cli import main
 from conftest import await_run_processes, kill_runs
 from hub_support import GOOD_TOKEN, OTHER_TOKEN
 
-pytestmark = pytest.mark.xdist_group("hub-train")  # its module fixture builds the tiny repo once for every test here
-
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
@@ -245,7 +243,6 @@ def load_recipe_path(run: RunDir) -> str:
 def test_a_download_killed_with_its_supervisor_is_fetched_again_by_resume_and_the_run_trains(
     hub, hf_home, tiny_repo_files, recipe, runs, capsys
 ):
-
     import signal
 
     repo = hub.add(REPO, files=dict(tiny_repo_files), hang_after=300_000)

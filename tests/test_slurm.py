@@ -21,10 +21,6 @@ from runner.machine.slurm import JobState, SlurmError, time_limit_s
 from runner.rundir.runs import RunDir, list_runs
 from runner.watch.health import skew, straggler_flags
 
-pytestmark = pytest.mark.xdist_group(
-    "slurm"
-)  # the tests share one two-node cluster: one worker runs them all, in order
-
 # --- no cluster needed ---------------------------------------------------------------------
 
 
