@@ -175,6 +175,9 @@ def block_activations(
     masked = attn == "sdpa" and builds_4d_mask(arch, micro_batch, seq_len)
     repeat_kv = (attn == "eager" or masked) and arch.kv_heads < arch.heads  # n_rep = 1 repeats nothing
     k_saved = q if repeat_kv else kv
+    # 4-bit q/k/v fed an fp32 stream return fp32, which autocast copies to 16 bits for the attention
+    # matmuls: those copies are saved, not views of a fused q/k/v output, which is then freed.
+    cast_qkv = quantized and p.quantized_out == 4 and dt == 2
     saved_scores = 0.0
     if math:
         # SDPA's math kernel: q (scaled), k and v upcast to fp32 and kept, the fp32 softmax kept.
@@ -183,13 +186,13 @@ def block_activations(
     elif attn == "eager":
         # q and k for the scores, v for probabilities @ v; a v sliced from a fused q/k/v output (and
         # not repeated) keeps all of that output alive. o_proj's input is counted above.
-        v_saved = (q + 2 * kv) if arch.fused_qkv and not repeat_kv else k_saved
+        v_saved = (q + 2 * kv) if arch.fused_qkv and not repeat_kv and not cast_qkv else k_saved
         saved += dt * (q + k_saved + v_saved)
     else:
         # q, k, v, the output and the log-sum-exp; o_proj reads a transposed contiguous copy of the
         # output (counted above for a trained o_proj; flash-attn's output needs no copy).
         saved += dt * (2 * q + 2 * k_saved) + 4 * arch.heads
-        if arch.fused_qkv and not repeat_kv:
+        if arch.fused_qkv and not repeat_kv and not cast_qkv:
             saved += dt * (q + kv)  # v is a view of the fused q/k/v output and keeps all of it alive
         if masked:
             # A padded batch reaches SDPA with transformers' 4-D bool mask, which SDPA turns into an
