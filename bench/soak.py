@@ -115,6 +115,8 @@ def _watch(run: RunDir, counts: Counts, until, timeout: float = 180) -> None:
                 raise SoakFailure(f"{len(live)} trainers of {run.id} alive at once: {live}")
             state = run.effective_state()
             if state not in ACTIVE:
+                if until():  # it got there between the two looks (the last wait: for the run's end)
+                    return
                 raise SoakFailure(f"{run.id} became {state} before the kill: {run.status().get('last_error')}")
             if now > deadline:
                 raise SoakFailure(f"{run.id} did not get there in {timeout} s (step {run.status().get('step')})")
