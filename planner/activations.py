@@ -108,6 +108,8 @@ def block_activations(
     fed an fp32 stream, they return fp32 outputs (`p.quantized_out`).
     """
     h, i, dt = arch.hidden, arch.intermediate, p.compute
+    q_out = p.quantized_out if quantized else 0
+    """Width of this block's 4-bit linear outputs when not `dt` (0: they are `dt`)."""
     linears = arch.block if moe or not arch.dense_block else arch.dense_block
     routed = arch.experts_per_token if (moe and arch.experts) else 1
     saved = 0.0
@@ -177,7 +179,7 @@ def block_activations(
     k_saved = q if repeat_kv else kv
     # 4-bit q/k/v fed an fp32 stream return fp32, which autocast copies to 16 bits for the attention
     # matmuls: those copies are saved, not views of a fused q/k/v output, which is then freed.
-    cast_qkv = quantized and p.quantized_out == 4 and dt == 2
+    cast_qkv = q_out == 4 and dt == 2
     saved_scores = 0.0
     if math:
         # SDPA's math kernel: q (scaled), k and v upcast to fp32 and kept, the fp32 softmax kept.
@@ -209,7 +211,7 @@ def block_activations(
     # final product 0.5*x and (1 + tanh): 4 + 4 + 2 + 4 bytes per element.
     # 4-bit MLP linears fed an fp32 stream return fp32 (Precision.quantized_out); fused MoE experts
     # are not bitsandbytes layers and compute in the autocast dtype.
-    mw = p.quantized_out if quantized and p.quantized_out and not (moe and arch.fused_experts) else dt
+    mw = q_out if q_out and not (moe and arch.fused_experts) else dt
     if arch.mlp_act == "gelu_new":
         mlp_core = routed * (14 if mw == 2 else 16) * i
     else:

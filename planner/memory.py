@@ -374,13 +374,7 @@ def _quantized_weight_terms(
             "weights",
             "unquantized weights (embeddings, head, norms)",
             on_gpu * ((rest - upcast) * rest_bytes + upcast * 4) / shard,
-            source=(
-                f"{upcast:,} unquantized params upcast to fp32 (prepare_model_for_kbit_training)"
-                + (f", {rest - upcast:,} fused expert params in {rest_bytes} B" if rest - upcast else "")
-                if upcast
-                else "embeddings, LM head, norms (and fused MoE experts, not nn.Linear) stay in the compute dtype"
-            )
-            + sharded,
+            source=_unquantized_source(upcast, rest - upcast, rest_bytes) + sharded,
             state=True,
         ),
         Term(
@@ -391,6 +385,13 @@ def _quantized_weight_terms(
             source="bitsandbytes dequantizes a 4-bit weight to bf16 for each matmul",
         ),
     ]
+
+
+def _unquantized_source(upcast: int, kept: int, kept_bytes: int) -> str:
+    if not upcast:
+        return "embeddings, LM head, norms (and fused MoE experts, not nn.Linear) stay in the compute dtype"
+    experts = f", {kept:,} fused expert params in {kept_bytes} B" if kept else ""
+    return f"{upcast:,} unquantized params upcast to fp32 (prepare_model_for_kbit_training){experts}"
 
 
 def gradient_terms(arch: Architecture, setup: Setup, cluster: Cluster, w: Widths, pr: Params) -> list[Term]:

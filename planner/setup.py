@@ -18,6 +18,14 @@ FSDP_STAGE = {"none": 0, "full_shard": 3, "shard_grad_op": 2, "hybrid_shard": 3}
 QUANTS = ("nf4", "int8")
 
 
+def upcasts_unquantized(tuner: str, zero: int, fsdp: str, precision: str) -> bool:
+    """QLoRA holding what bitsandbytes left unquantized (embeddings, norms, the head) in fp32, as
+    peft's prepare_model_for_kbit_training does and the runner does after it; not under DeepSpeed
+    (it casts the module to 16 bits) or FSDP (one dtype per shard group), nor in fp32 anyway. The
+    planner and the runner both ask this."""
+    return tuner == "qlora" and zero == 0 and fsdp == "none" and precision != "fp32"
+
+
 class SetupError(ValueError):
     """A setting out of range; the message names the flag."""
 
@@ -113,10 +121,7 @@ class Setup:
 
     @property
     def upcasts_unquantized(self) -> bool:
-        """QLoRA holding what bitsandbytes left unquantized (embeddings, norms, the head) in fp32, as
-        peft's prepare_model_for_kbit_training does and the runner does after it; not under DeepSpeed
-        (it casts the module to 16 bits) or FSDP (one dtype per shard group), nor in fp32 anyway."""
-        return self.tuner == "qlora" and self.zero == 0 and not self.is_fsdp and self.precision != "fp32"
+        return upcasts_unquantized(self.tuner, self.zero, self.fsdp, self.precision)
 
     @property
     def deepspeed(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runner.launch.slurm import STOP_GRACE_S, recorded_request
+from runner.launch.slurm import recorded_grace
 from runner.rundir.runs import RunError, request_stop
 from runner.watch.foreign import ForeignRun
 from runner.watch.locate import processes_using
@@ -62,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
     job_id, _ = target.job()
     if outcome == "requested" and job_id is not None:
-        request = recorded_request(target.launches())
-        grace = request.stop_grace_s if request is not None else STOP_GRACE_S
+        grace = recorded_grace(target.launches())
         print(
             f"asked {target.id} to save a checkpoint and stop after its current step; Slurm job {job_id} "
             f"ends {grace} s after the request even if it does not; `ftui stop {target.id}` again cancels it now"

@@ -85,6 +85,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from runner.recipe.schema import DEFAULT_MASTER_PORT
+
 if TYPE_CHECKING:
     from runner.recipe.resolve import RunSettings
 
@@ -92,8 +94,6 @@ ENTRY_MODULE = "runner.train"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 """The directory holding the `runner` package: the child's cwd and the head of its PYTHONPATH."""
 LAUNCHERS = ("python", "torchrun", "accelerate", "deepspeed")
-DEFAULT_MASTER_PORT = 29500
-"""The recipe's default distributed.master_port (torch's own default)."""
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,12 @@ def recorded_request(launches: list[dict]) -> SlurmRequest | None:
     return request_from_json(job["request"]) if job.get("request") else None
 
 
+def recorded_grace(launches: list[dict]) -> int:
+    """Seconds the latest launch's job may take to stop after `ftui stop` (its request's, else the default)."""
+    request = recorded_request(launches)
+    return request.stop_grace_s if request is not None else STOP_GRACE_S
+
+
 def request_from_json(data: dict) -> SlurmRequest:
     fields = {f.name for f in dataclasses.fields(SlurmRequest)}
     kept = {k: v for k, v in data.items() if k in fields}

@@ -32,7 +32,7 @@ from runner.rundir.lock import LockBusy, acquire_launch, share
 from runner.rundir.runs import TIME_LIMIT_REQUEST, RunDir, time_limit_pause
 
 from .build import free_port
-from .slurm import STOP_GRACE_S, recorded_request
+from .slurm import recorded_grace
 
 
 class JobSupervisor:
@@ -141,8 +141,7 @@ class JobSupervisor:
 
     def _wait(self, child: subprocess.Popen) -> int:
         self.child = child
-        request = recorded_request(self.run.launches())
-        grace = request.stop_grace_s if request is not None else STOP_GRACE_S
+        grace = recorded_grace(self.run.launches())
         asked_at = None
         while True:
             try:

@@ -31,6 +31,11 @@ class RecipeError(ValueError):
 # --- sections ------------------------------------------------------------------------------
 
 
+DEFAULT_MASTER_PORT = 29500
+"""distributed.master_port unless the recipe names one (torch's own default); one-node runs on it
+get a free port at launch (runner.launch.build.own_port)."""
+
+
 @dataclass(frozen=True)
 class ModelSection:
     path: str = ""
@@ -132,7 +137,7 @@ class DistributedSection:
     launcher: str = AUTO
     """auto | python | torchrun | accelerate | deepspeed."""
     master_addr: str = "127.0.0.1"
-    master_port: int = 29500
+    master_port: int = DEFAULT_MASTER_PORT
     hostfile: str = ""
     """DeepSpeed hostfile for multi-node runs through the deepspeed launcher."""
     device: str = AUTO

@@ -144,7 +144,7 @@ def apply_tuner(model, recipe: Recipe, arch=None):
     if recipe.tuner in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
-        if recipe.tuner == "qlora" and upcasts_unquantized(recipe):
+        if upcasts_unquantized(recipe):
             model = prepare_quantized(model)
 
         dropout = recipe.lora.dropout
@@ -169,13 +169,12 @@ def apply_tuner(model, recipe: Recipe, arch=None):
 
 
 def upcasts_unquantized(recipe: Recipe) -> bool:
-    """Whether a QLoRA run holds the parameters bitsandbytes left unquantized in fp32: yes, as the
-    QLoRA recipe does (peft's prepare_model_for_kbit_training), except where the launcher would undo
-    or refuse it: DeepSpeed casts the whole module to its 16-bit dtype, and FSDP wants one dtype per
-    shard group (its 4-bit weights are stored in the compute dtype to be sharded with the rest)."""
+    """The planner's rule (planner.setup.upcasts_unquantized) on the recipe: the plan and the run agree."""
+    from planner.setup import upcasts_unquantized as rule
+
     d = recipe.distributed
-    deepspeed = isinstance(d.zero, int) and d.zero > 0  # resolved by the time a run trains
-    return recipe.tuner == "qlora" and not deepspeed and d.fsdp == "none" and recipe.train.precision != "fp32"
+    zero = d.zero if isinstance(d.zero, int) else 0  # resolved by the time a run trains
+    return rule(recipe.tuner, zero, d.fsdp, recipe.train.precision)
 
 
 def prepare_quantized(model):
@@ -190,11 +189,9 @@ def prepare_quantized(model):
 
     for param in model.parameters():
         param.requires_grad_(False)
-        if param.dtype not in (torch.float16, torch.bfloat16) or type(param).__name__ == "Params4bit":
-            continue
-        if param.ndim == 3:
-            continue
-        param.data = param.data.to(torch.float32)
+        sixteen_bit = param.dtype in (torch.float16, torch.bfloat16)
+        if sixteen_bit and type(param).__name__ != "Params4bit" and param.ndim != 3:
+            param.data = param.data.to(torch.float32)
     return model
 
 

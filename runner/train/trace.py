@@ -762,9 +762,8 @@ def trace(config: dict[str, Any], setup, layers: int, *, debug: bool = False) ->
                 model = apply_tuner(base, recipe, arch)
             except ValueError as err:  # e.g. peft refusing DoRA on fused MoE experts
                 raise NotTraceable(f"peft refuses this setup: {str(err).splitlines()[0]}") from None
-            except (
-                RuntimeError
-            ) as err:  # e.g. DoRA's weight norm of a 4-bit weight, which fake kernels cannot dequantize
+            # e.g. DoRA's weight norm of a 4-bit weight, which the fake kernels cannot dequantize
+            except RuntimeError as err:
                 raise NotTraceable(f"peft cannot build this setup on fake tensors: {_first_line(err)}") from None
             vocab = hf_config.get_text_config().vocab_size
             rows = _rows(setup, vocab) * (setup.micro_batch * recipe.train.grad_accum * TRACED_STEP)
