@@ -82,7 +82,8 @@ class Case:
     seq_len: int
     micro_batch: int
     est_s: float
-    """Rough wall time on one H200 with --steps 30, model already built (for the budget)."""
+    """Wall time on one H200 with --steps 30, model already built (for the budget; the first five
+    measured on 2026-12-04, bench/results/gpu_check-2026-12-04-015919-nvidia-h200.json)."""
     dry_seq_len: int = 128
     sets: tuple[tuple[str, Any], ...] = ()
     """Extra recipe values (section.key, value)."""
@@ -92,16 +93,18 @@ class Case:
 
 
 CASES = (
-    Case("full-1.5b", "qwen2.5-1.5b", "full", 2048, 2, est_s=45),
+    Case("full-1.5b", "qwen2.5-1.5b", "full", 2048, 2, est_s=55),
     Case("lora-8b-2k", "llama-3.1-8b", "lora", 2048, 2, est_s=50),
-    Case("lora-8b-8k", "llama-3.1-8b", "lora", 8192, 1, est_s=80, dry_seq_len=512),
-    Case("qlora-8b", "llama-3.1-8b", "qlora", 2048, 1, est_s=75),
-    Case("lisa-8b", "llama-3.1-8b", "lisa", 2048, 1, est_s=75, sets=(("lisa.layers", 2), ("lisa.interval", 10))),
+    Case("lora-8b-8k", "llama-3.1-8b", "lora", 8192, 1, est_s=75, dry_seq_len=512),
+    Case("qlora-8b", "llama-3.1-8b", "qlora", 2048, 1, est_s=60),
+    Case("lisa-8b", "llama-3.1-8b", "lisa", 2048, 1, est_s=100, sets=(("lisa.layers", 2), ("lisa.interval", 10))),
+    Case("qlora-8b-16k", "llama-3.1-8b", "qlora", 16384, 1, est_s=240, dry_seq_len=512),
+    Case("lora-qwen7b-8k", "qwen2.5-7b", "lora", 8192, 1, est_s=80, dry_seq_len=512),
 )
 BY_NAME = {c.name: c for c in CASES}
 HARD_SLACK_S = 30.0
 """A case still running this long after --budget-s is killed (what it measured so far is kept)."""
-BUILD_EST_S = {"qwen2.5-1.5b": 15.0, "llama-3.1-8b": 45.0}
+BUILD_EST_S = {"qwen2.5-1.5b": 25.0, "llama-3.1-8b": 45.0, "qwen2.5-7b": 45.0}
 """Rough time to initialise and save a model's weights once (--init weights) on the GPU box."""
 
 
