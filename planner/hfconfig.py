@@ -277,7 +277,10 @@ def _falcon(cfg: Config) -> Architecture:
         norms_per_layer=norms,
         parallel_block=parallel or new_arch,
         mlp_act="gelu",
-        sdpa_math=kv < heads,  # transformers' FalconAttention hands SDPA unrepeated k/v (no enable_gqa)
+        # transformers >= 5.25 sends FalconAttention through the shared attention interface, which repeats
+        # k/v (or passes enable_gqa) like every other model's: the flash/efficient SDPA kernels, no s^2 softmax.
+        # (Before, it handed SDPA unrepeated k/v without enable_gqa, which only the math kernel accepts.)
+        sdpa_math=False,
         linear_subclass="FalconLinear",
         **c,
     )

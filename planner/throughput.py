@@ -19,8 +19,21 @@ MFU = {"flash": 0.45, "sdpa": 0.40, "eager": 0.30}
 ZERO3_EFFICIENCY = 0.85
 """ZeRO-3 gathers every layer's weights before use: kernel launches and waits that bucketing
 cannot fully hide (the seed ranks speed ZeRO-1 > ZeRO-2 > ZeRO-3)."""
-QUANT_SLOWDOWN = {"nf4": 0.65, "int8": 0.45}
-"""bitsandbytes dequantizes every 4/8-bit weight before each matmul: measured QLoRA runs are slower."""
+QUANT_SLOWDOWN = {"int8": 0.45}
+"""8-bit weights: bitsandbytes' int8 matmul (outlier decomposition) runs well below the 16-bit kernels."""
+ADAPTER_CALL_S = 0.25e-3
+"""Seconds a LoRA-adapted linear adds per pass beyond its FLOPs: peft's dropout, A, B, scaling and
+add are several small kernels and Python per call whatever the batch. Measured on an H200
+(bench/results/gpu_check-2026-12-04-*): LoRA steps of llama-3.1-8b and qwen2.5-7b took 0.13-0.24 s
+more than their FLOPs at the planner's MFU, 5-8 ms per layer of 7 adapted linears x 3 passes;
+LISA's plain layers of the same model, under 1 ms."""
+NF4_CALL_S = 0.67e-3
+"""Seconds a 4-bit linear adds per pass (forward, the input gradient in backward, the checkpoint
+re-run): bitsandbytes dequantizes the whole weight (and, with double quantisation, its absmax)
+before every matmul, a few kernels and Python per call whatever the batch. A per-step cost, not a
+slower matmul: measured on an H200 (bench/results/gpu_check-2026-12-04-*), QLoRA llama-3.1-8b took
+0.89 s a step at 2k tokens and 3.2 s at 16k, LoRA 0.72 s at 4k and 1.3 s at 8k, so about 0.45 s
+a step more at any length over 224 4-bit linears x 3 passes."""
 COMM_OVERLAP = 0.5
 """Share of gradient communication hidden behind backward compute (DDP/ZeRO bucketing)."""
 PCIE_HOST_GBPS = 20.0
@@ -71,11 +84,11 @@ def estimate_throughput(
     peak = (gpu.tflops_fp32 if setup.precision == "fp32" else gpu.tflops_16bit) * 1e12
     tokens = setup.tokens
     mfu = MFU[setup.attn] * tokens / (tokens + 512)  # short micro-batches underfill the GPU
-    if setup.tuner == "qlora":
+    if setup.tuner == "qlora" and setup.quant in QUANT_SLOWDOWN:
         mfu *= QUANT_SLOWDOWN[setup.quant]
     if setup.stage == 3:  # ZeRO-3 or FSDP full/hybrid shard: parameters gathered every pass
         mfu *= ZERO3_EFFICIENCY
-    compute = fpt * tokens / (peak * mfu)
+    compute = fpt * tokens / (peak * mfu) + per_call_seconds(arch, setup)
     accum = setup.grad_accum or max(1, (global_batch or 64) // (setup.micro_batch * cluster.world))
     comm = _comm_seconds(arch, setup, cluster, pr, accum)
     hidden = COMM_OVERLAP * compute
@@ -83,6 +96,22 @@ def estimate_throughput(
     offload = _offload_seconds(setup, cluster, pr) / accum
     step = compute + comm_left + offload
     return Throughput(fpt, compute, comm_left, offload, tokens * cluster.world / step, mfu)
+
+
+def per_call_seconds(arch: Architecture, setup: Setup) -> float:
+    """Per micro-batch: what adapted and 4-bit linears cost per call, once per pass of each
+    (forward, the input gradient in backward, the checkpoint re-run)."""
+    if not setup.adapters:
+        return 0.0
+    passes = 3 if setup.grad_ckpt else 2
+    adapted = len(arch.lora_targets(setup.lora_targets)) * arch.layers
+    seconds = adapted * passes * ADAPTER_CALL_S
+    if setup.tuner == "qlora" and setup.quant == "nf4" and arch.layer_linear_params:
+        # Fused experts stay 16-bit; unfused ones are one 4-bit linear per expert (each sees tokens at
+        # training batch sizes).
+        per_layer = sum(lin.copies for lin in arch.block if not (arch.fused_experts and lin.copies > 1))
+        seconds += arch.layers * per_layer * passes * NF4_CALL_S
+    return seconds
 
 
 def _bandwidth(cluster: Cluster) -> float:

@@ -90,7 +90,18 @@ def test_dry_run_runs_every_chosen_case_and_writes_the_report(tmp_path):
 
 def test_the_cases_are_cheapest_first_and_unknown_names_are_refused(capsys):
     bench = load_bench()
-    assert [c.name for c in bench.CASES] == ["full-1.5b", "lora-8b-2k", "lora-8b-8k", "qlora-8b", "lisa-8b"]
+    assert [c.name for c in bench.CASES if not c.extra] == [
+        "full-1.5b",
+        "lora-8b-2k",
+        "lora-8b-8k",
+        "qlora-8b",
+        "lisa-8b",
+    ]
+    assert [c.name for c in bench.parse_args([]).selected] == [c.name for c in bench.CASES if not c.extra]
+    assert [c.name for c in bench.parse_args(["--cases", "lora-qwen7b-8k,qlora-8b"]).selected] == [
+        "qlora-8b",
+        "lora-qwen7b-8k",
+    ]
     args = bench.parse_args(["--cases", "lisa-8b,full-1.5b", "--dry-run"])
     assert [c.name for c in args.selected] == ["full-1.5b", "lisa-8b"] and args.steps == 3
     assert bench.parse_args([]).steps == 30
