@@ -242,19 +242,37 @@ def params(arch: Architecture, setup: Setup) -> Params:
 # --- the estimate ------------------------------------------------------------------------
 
 
-def estimate(arch: Architecture, setup: Setup, cluster: Cluster) -> MemoryEstimate:
-    """Per-GPU peak memory of `setup` for `arch` on `cluster`."""
+_STATES: dict[tuple, tuple[Architecture, tuple]] = {}
+"""What an estimate holds whatever the batch shape (widths, parameter counts, the weight, gradient and
+optimizer terms, host RAM), per architecture instance, setup less its micro-batch and sequence length,
+and cluster: the planner's searches over micro-batch and sequence length reuse it."""
+
+
+def _shape_free(arch: Architecture, setup: Setup, cluster: Cluster) -> tuple:
+    key = (id(arch), setup.but(micro_batch=1, seq_len=2), cluster)
+    cached = _STATES.get(key)
+    if cached is not None and cached[0] is arch:
+        return cached[1]
     w = widths(setup)
     pr = params(arch, setup)
-    terms: list[Term] = []
-    terms += weight_terms(arch, setup, cluster, w, pr)
-    grads = gradient_terms(arch, setup, cluster, w, pr)
-    opt = optimizer_terms(setup, cluster, w, pr, arch)
-    terms += grads + opt
+    terms = weight_terms(arch, setup, cluster, w, pr)
+    terms += gradient_terms(arch, setup, cluster, w, pr)
+    terms += optimizer_terms(setup, cluster, w, pr, arch)
+    value = (w, pr, tuple(terms), cpu_ram(arch, setup, cluster, w, pr))
+    if len(_STATES) > 4096:
+        _STATES.clear()
+    _STATES[key] = (arch, value)
+    return value
+
+
+def estimate(arch: Architecture, setup: Setup, cluster: Cluster) -> MemoryEstimate:
+    """Per-GPU peak memory of `setup` for `arch` on `cluster`."""
+    w, pr, model_terms, host_ram = _shape_free(arch, setup, cluster)
+    terms: list[Term] = list(model_terms)
     terms += activation_terms(arch, setup, w, pr, cluster)
     terms += overhead_terms(terms, setup, cluster, pr)
     states = sum(t.bytes for t in terms if t.state)
-    return MemoryEstimate(tuple(terms), cluster.gpu.memory_bytes, cpu_ram(arch, setup, cluster, w, pr), states)
+    return MemoryEstimate(tuple(terms), cluster.gpu.memory_bytes, host_ram, states)
 
 
 def _shard(setup: Setup, cluster: Cluster, stage: int) -> int:

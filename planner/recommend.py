@@ -114,14 +114,22 @@ def largest_fitting(low: int, high: int, fits) -> int:
     return lo
 
 
+def _largest_from(start: int, low: int, high: int, fits) -> int:
+    """largest_fitting(low, high, fits), searched up from `start` when that fits (the same answer for a
+    monotone `fits`, with the doublings below `start` saved)."""
+    if low < start <= high and fits(start):
+        return largest_fitting(start, high, fits)
+    return largest_fitting(low, high, fits)
+
+
 def max_micro_batch(arch: Architecture, setup: Setup, cluster: Cluster, limit: int = 4096) -> int:
     """Largest micro-batch that fits (0 when even one sequence does not)."""
-    return largest_fitting(1, limit, lambda b: estimate(arch, setup.but(micro_batch=b), cluster).fits)
+    return _largest_from(setup.micro_batch, 1, limit, lambda b: estimate(arch, setup.but(micro_batch=b), cluster).fits)
 
 
 def max_seq_len(arch: Architecture, setup: Setup, cluster: Cluster, limit: int = 1 << 20) -> int:
     """Longest sequence that fits at this micro-batch (0 when none does)."""
-    n = largest_fitting(2, limit, lambda s: estimate(arch, setup.but(seq_len=s), cluster).fits)
+    n = _largest_from(setup.seq_len, 2, limit, lambda s: estimate(arch, setup.but(seq_len=s), cluster).fits)
     return n if n >= 2 else 0
 
 
@@ -186,9 +194,14 @@ def _best_variant(
             seen[setup] = estimate(arch, setup, cluster)
         return seen[setup]
 
+    at_cap: set[tuple[str, str]] = set()
+    """(offload, precision) whose no-checkpointing variant already runs the largest micro-batch: the
+    checkpointed one would run the same micro-batch with a forward more per step, so it cannot win."""
     for setup in _variants(base, cluster, tuner, key, fixed, arch):
         if best is not None and OFFLOAD_RANK[setup.offload] > OFFLOAD_RANK[best.setup.offload]:
             break  # more offload never wins over a fit with less (the order below); variants come least first
+        if setup.grad_ckpt and (setup.offload, setup.precision) in at_cap:
+            continue
         first = evaluate(arch, setup, cluster, est(setup))
         if first.refusal is not None:
             smallest = smallest or first
@@ -207,6 +220,10 @@ def _best_variant(
             mb = largest_fitting(1, mb_cap, fits_at)
             chosen_setup = setup.but(micro_batch=_divisor_at_most(per_gpu, mb))
             cand = evaluate(arch, chosen_setup, cluster, est(chosen_setup))
+        if not setup.grad_ckpt and (
+            "micro_batch" in fixed or cand.setup.micro_batch == _divisor_at_most(per_gpu, mb_cap)
+        ):
+            at_cap.add((setup.offload, setup.precision))
         if best is None or (OFFLOAD_RANK[cand.setup.offload], not _faster(cand, best)) < (
             OFFLOAD_RANK[best.setup.offload],
             False,

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .catalog import ModelEntry
-from .dataset_stats import DatasetStats
 from .memory import PARTS, PHASES, MemoryEstimate
 from .plan import Estimate
 from .recommend import Alternative
 from .setup import Setup
+
+if TYPE_CHECKING:
+    from .dataset_stats import DatasetStats
 
 GIB = 2**30
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 
 from .gpus import GpuSpec
 
@@ -175,8 +175,22 @@ class Setup:
         return f"FSDP {self.fsdp}" if self.is_fsdp else "no ZeRO"
 
     def but(self, **changes: object) -> "Setup":
-        """A copy with some fields changed (validated again)."""
-        return replace(self, **changes)
+        """A copy with some fields changed (validated again).
+
+        dataclasses.replace, without its per-call field walk: the planner's search makes hundreds of
+        these per `ftui plan`. Unknown names fail as they would there."""
+        unknown = changes.keys() - _SETUP_FIELDS
+        if unknown:
+            raise TypeError(f"Setup has no field(s) {', '.join(sorted(unknown))}")
+        new = object.__new__(Setup)
+        state = new.__dict__
+        state.update(self.__dict__)
+        state.update(changes)
+        new.__post_init__()
+        return new
+
+
+_SETUP_FIELDS = frozenset(f.name for f in fields(Setup))
 
 
 @dataclass(frozen=True)

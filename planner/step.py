@@ -101,7 +101,25 @@ def dora_moments(arch: Architecture, adapters: tuple[Linear, ...], compute: int,
     return out
 
 
-def walk(
+_WALKS: dict[tuple, tuple[Architecture, tuple[Event, ...]]] = {}
+"""walk's events per (architecture instance, arguments): the recommender's search asks for the same
+walk under several engines and offloads (ZeRO 0 and 1 keep the same activations)."""
+
+
+def walk(arch: Architecture, **kw) -> list[Event]:
+    """Every candidate peak of the forward and backward pass (see _walk), remembered per arguments."""
+    key = (id(arch), *sorted(kw.items()))
+    cached = _WALKS.get(key)
+    if cached is not None and cached[0] is arch:
+        return list(cached[1])
+    events = _walk(arch, **kw)
+    if len(_WALKS) > 4096:
+        _WALKS.clear()
+    _WALKS[key] = (arch, tuple(events))
+    return events
+
+
+def _walk(
     arch: Architecture,
     *,
     tokens: int,

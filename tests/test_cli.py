@@ -171,6 +171,22 @@ def test_human_output_has_memory_table_and_alternatives(capsys):
     assert "Recommended" in out
 
 
+def test_the_tables_fit_the_console_and_wrap_only_the_last_column():
+    from tui.plan_view import Grid
+
+    t = Grid("Alternatives", [("tuner", "left"), ("GiB/GPU", "right"), ("why not", "left")])
+    t.add_row("full", "66.3", "does not fit: needs 66.3 GiB per GPU even with ZeRO-3 and offload; 24.0 GiB available")
+    t.add_row("lora", "9.1", "chosen")
+    lines = [text for text, _ in t.lines(40)]
+    assert lines[0] == "Alternatives" and lines[1] == "tuner  GiB/GPU  why not"
+    assert all(len(line) <= 40 for line in lines)
+    assert lines[2].startswith("full      66.3  does not fit:")  # numbers right-aligned under their header
+    continued = lines[3:-1]
+    assert continued and all(line.startswith(" " * 16) and line[16] != " " for line in continued)
+    assert lines[-1] == "lora       9.1  chosen"
+    assert " ".join(line.strip() for line in [lines[2][16:], *continued]) == t.rows[0][-1]  # no word lost
+
+
 def test_human_output_for_a_given_setup(capsys):
     code, out, err = ftui(
         capsys,

@@ -84,6 +84,8 @@ def _merge_repeated(parser: argparse.ArgumentParser, before: argparse.Namespace,
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Find the subcommand with a parser of stubs, then parse `argv` for real with only that one built."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:  # `ftui plan ...`: no top-level option to carry over, no stub pass
+        return build_parser(argv[0]).parse_args(argv)
     top = build_parser(None)
     chosen, _ = top.parse_known_args(argv)  # top-level errors and --help end here, as before
     args = build_parser(chosen.command).parse_args(argv)
