@@ -86,23 +86,29 @@ def _arch_of(_name: str, config_json: str) -> Architecture:
     return architecture_from_config(json.loads(config_json))
 
 
+def _read_entry(path: Path) -> ModelEntry:
+    data = json.loads(path.read_text())
+    return ModelEntry(
+        data["name"],
+        data.get("hf_id", ""),
+        tuple(data.get("aliases", ())),
+        data.get("family", data["config"].get("model_type", "")),
+        data["config"],
+        data.get("published_params"),
+    )
+
+
 @lru_cache(maxsize=1)
 def entries() -> tuple[ModelEntry, ...]:
     """Every shipped model, sorted by name."""
-    out = []
-    for path in sorted(MODELS_DIR.glob("*.json")):
-        data = json.loads(path.read_text())
-        out.append(
-            ModelEntry(
-                data["name"],
-                data.get("hf_id", ""),
-                tuple(data.get("aliases", ())),
-                data.get("family", data["config"].get("model_type", "")),
-                data["config"],
-                data.get("published_params"),
-            )
-        )
-    return tuple(out)
+    return tuple(_read_entry(path) for path in sorted(MODELS_DIR.glob("*.json")))
+
+
+@lru_cache(maxsize=None)
+def _named(name: str) -> ModelEntry:
+    """One shipped model by its canonical name (its file is planner/models/<name>.json), read alone:
+    a size alias needs no index of the whole catalog."""
+    return _read_entry(MODELS_DIR / f"{name}.json")
 
 
 @lru_cache(maxsize=1)
@@ -172,11 +178,8 @@ class _Found:
 
 def _locate(name: str, fetch: bool = True) -> _Found:
     key = _norm(name)
-    if key in _index():
-        entry = _index()[key]
-        return _Found(entry.config, entry.source, entry=entry, describe=f"catalog ({entry.name})")
-    if key in SIZE_ALIASES:
-        entry = _index()[SIZE_ALIASES[key]]
+    if key in SIZE_ALIASES:  # never a name, id or alias in the catalog (tests/test_catalog.py): checked first
+        entry = _named(SIZE_ALIASES[key])
         alias = ModelEntry(
             entry.name,
             entry.hf_id,
@@ -187,6 +190,9 @@ def _locate(name: str, fetch: bool = True) -> _Found:
             source=f"size alias {name}",
         )
         return _Found(entry.config, alias.source, entry=alias, describe=f"size alias {name} ({entry.name})")
+    if key in _index():
+        entry = _index()[key]
+        return _Found(entry.config, entry.source, entry=entry, describe=f"catalog ({entry.name})")
     path = Path(os.path.expanduser(name))
     if path.exists():
         return _from_path(path)

@@ -310,3 +310,20 @@ def test_llama_module_names_map_to_a_familys_single_module_for_that_role(model, 
 def test_an_ambiguous_llama_name_is_an_error_listing_the_real_modules():
     with pytest.raises(ValueError, match="w1, w2"):
         resolve_model("qwen-7b").arch.lora_targets("gate_proj")  # Qwen-1 has two MLP input projections
+
+
+def test_size_aliases_name_a_shipped_file_and_shadow_no_catalog_key():
+    """A size alias is resolved from its one file, before the catalog index is built: that is the
+    same answer only while no name, id or alias of the catalog spells a size alias."""
+    from planner import catalog
+
+    for alias, name in catalog.SIZE_ALIASES.items():
+        assert (catalog.MODELS_DIR / f"{name}.json").is_file(), alias
+        assert catalog._named(name).name == name
+        assert catalog._norm(alias) not in catalog._index(), f"size alias {alias} is also a catalog key"
+        resolved = resolve_model(alias)
+        assert (resolved.name, resolved.hf_id, resolved.source) == (
+            name,
+            catalog._named(name).hf_id,
+            f"size alias {alias}",
+        )
