@@ -164,6 +164,15 @@ class Architecture:
         unused = self.moe_layers * expert * (self.experts - self.experts_per_token)
         return self.params - unused
 
+    def _quantized(self) -> tuple[tuple[Linear, ...], tuple[Linear, ...], int]:
+        """(linears of an MoE-or-plain block, of a dense block, number of dense blocks) that 4-bit
+        quantisation converts: nothing with a `linear_subclass`, no fused experts."""
+        if self.linear_subclass:
+            return (), (), 0
+        dense = self.layers - self.moe_layers if self.dense_block else 0
+        block = tuple(lin for lin in self.block if not (self.fused_experts and lin.copies > 1))
+        return block, self.dense_block, dense
+
     @cached_property
     def layer_linear_params(self) -> int:
         """Parameters in the linear layers of all blocks (what 4-bit quantisation converts).
@@ -171,12 +180,15 @@ class Architecture:
         transformers' bitsandbytes quantizer (replace_with_bnb_linear) converts plain nn.Linear modules
         only: fused MoE experts (3-D nn.Parameters) and a `linear_subclass` stay in the compute dtype and
         are not counted (the CPU trace of a qwen3_moe or falcon QLoRA step holds them at 16 bits)."""
-        if self.linear_subclass:
-            return 0
-        dense = self.layers - self.moe_layers if self.dense_block else 0
-        moe_lin = sum(lin.params for lin in self.block if not (self.fused_experts and lin.copies > 1))
-        dense_lin = sum(lin.params for lin in self.dense_block)
-        return dense * dense_lin + (self.layers - dense) * moe_lin
+        block, dense_block, dense = self._quantized()
+        return dense * sum(lin.params for lin in dense_block) + (self.layers - dense) * sum(lin.params for lin in block)
+
+    @cached_property
+    def quantized_linears(self) -> int:
+        """4-bit linear modules in the model (those layer_linear_params counts; an unfused expert is one
+        module per expert)."""
+        block, dense_block, dense = self._quantized()
+        return dense * sum(lin.copies for lin in dense_block) + (self.layers - dense) * sum(lin.copies for lin in block)
 
     @cached_property
     def fused_expert_params(self) -> int:
@@ -250,6 +262,28 @@ class Architecture:
 
         dense = self.layers - self.moe_layers if self.dense_block else 0
         return dense * per_block(self.dense_block) + (self.layers - dense) * per_block(self.block)
+
+
+class ArchMemo:
+    """Answers remembered per architecture instance and key, for the planner's searches (hundreds of
+    estimates per `ftui plan` that share most of their parts). Keyed by the instance's id and checked
+    by identity (the entry holds the instance, so its id cannot be reused while remembered); cleared
+    when it grows past `limit`."""
+
+    def __init__(self, limit: int = 4096):
+        self.limit = limit
+        self._entries: dict[tuple, tuple[Architecture, object]] = {}
+
+    def get(self, arch: Architecture, key: tuple, make):
+        full = (id(arch), *key)
+        hit = self._entries.get(full)
+        if hit is not None and hit[0] is arch:
+            return hit[1]
+        value = make()
+        if len(self._entries) > self.limit:
+            self._entries.clear()
+        self._entries[full] = (arch, value)
+        return value
 
 
 def fused_expert_lora(lin: Linear, linears: tuple[Linear, ...], rank: int) -> int:

@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import Iterable
 
 from .activations import Precision
-from .arch import Architecture
+from .arch import ArchMemo, Architecture
 from .setup import Cluster, Setup
 
 GIB = 2**30
@@ -242,27 +242,22 @@ def params(arch: Architecture, setup: Setup) -> Params:
 # --- the estimate ------------------------------------------------------------------------
 
 
-_STATES: dict[tuple, tuple[Architecture, tuple]] = {}
+_STATES = ArchMemo()
 """What an estimate holds whatever the batch shape (widths, parameter counts, the weight, gradient and
-optimizer terms, host RAM), per architecture instance, setup less its micro-batch and sequence length,
-and cluster: the planner's searches over micro-batch and sequence length reuse it."""
+optimizer terms, host RAM), per setup less its micro-batch and sequence length and per cluster: the
+planner's searches over micro-batch and sequence length reuse it."""
 
 
 def _shape_free(arch: Architecture, setup: Setup, cluster: Cluster) -> tuple:
-    key = (id(arch), setup.but(micro_batch=1, seq_len=2), cluster)
-    cached = _STATES.get(key)
-    if cached is not None and cached[0] is arch:
-        return cached[1]
-    w = widths(setup)
-    pr = params(arch, setup)
-    terms = weight_terms(arch, setup, cluster, w, pr)
-    terms += gradient_terms(arch, setup, cluster, w, pr)
-    terms += optimizer_terms(setup, cluster, w, pr, arch)
-    value = (w, pr, tuple(terms), cpu_ram(arch, setup, cluster, w, pr))
-    if len(_STATES) > 4096:
-        _STATES.clear()
-    _STATES[key] = (arch, value)
-    return value
+    def make() -> tuple:
+        w = widths(setup)
+        pr = params(arch, setup)
+        terms = weight_terms(arch, setup, cluster, w, pr)
+        terms += gradient_terms(arch, setup, cluster, w, pr)
+        terms += optimizer_terms(setup, cluster, w, pr, arch)
+        return w, pr, tuple(terms), cpu_ram(arch, setup, cluster, w, pr)
+
+    return _STATES.get(arch, (setup.but(micro_batch=1, seq_len=2), cluster), make)
 
 
 def estimate(arch: Architecture, setup: Setup, cluster: Cluster) -> MemoryEstimate:

@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .activations import BlockActivations, block_activations, builds_4d_mask
-from .arch import Architecture, Linear
+from .arch import ArchMemo, Architecture, Linear
 
 
 @dataclass(frozen=True)
@@ -101,22 +101,14 @@ def dora_moments(arch: Architecture, adapters: tuple[Linear, ...], compute: int,
     return out
 
 
-_WALKS: dict[tuple, tuple[Architecture, tuple[Event, ...]]] = {}
-"""walk's events per (architecture instance, arguments): the recommender's search asks for the same
-walk under several engines and offloads (ZeRO 0 and 1 keep the same activations)."""
+_WALKS = ArchMemo()
+"""walk's events per arguments: the recommender's search asks for the same walk under several engines
+and offloads (ZeRO 0 and 1 keep the same activations)."""
 
 
 def walk(arch: Architecture, **kw) -> list[Event]:
     """Every candidate peak of the forward and backward pass (see _walk), remembered per arguments."""
-    key = (id(arch), *sorted(kw.items()))
-    cached = _WALKS.get(key)
-    if cached is not None and cached[0] is arch:
-        return list(cached[1])
-    events = _walk(arch, **kw)
-    if len(_WALKS) > 4096:
-        _WALKS.clear()
-    _WALKS[key] = (arch, tuple(events))
-    return events
+    return list(_WALKS.get(arch, tuple(sorted(kw.items())), lambda: tuple(_walk(arch, **kw))))
 
 
 def _walk(
@@ -376,13 +368,12 @@ def effective_dropout(arch: Architecture, setup) -> float:
     return setup.lora_dropout
 
 
-_BLOCKS: dict[tuple, tuple[Architecture, BlockActivations]] = {}
+_BLOCKS = ArchMemo()
 """blocks_for's answers: the recommender asks for the same blocks hundreds of times per plan."""
 
 
 def blocks_for(arch, setup, w, *, trainable: bool) -> BlockActivations:
     key = (
-        id(arch),
         trainable,
         setup.tuner,
         setup.lora_targets if setup.adapters else "",
@@ -393,24 +384,20 @@ def blocks_for(arch, setup, w, *, trainable: bool) -> BlockActivations:
         builds_4d_mask(arch, setup.micro_batch, setup.seq_len),  # all block_activations reads of both
         w.act,
     )
-    cached = _BLOCKS.get(key)
-    if cached is not None and cached[0] is arch:
-        return cached[1]
-    adapters = arch.lora_targets(setup.lora_targets) if setup.adapters else ()
-    blocks = block_activations(
+    return _BLOCKS.get(
         arch,
-        trainable=trainable,
-        adapters=adapters,
-        lora_rank=setup.lora_rank,
-        quantized=setup.tuner == "qlora",
-        lora_dropout=effective_dropout(arch, setup),
-        dora=setup.dora,
-        attn=setup.attn,
-        micro_batch=setup.micro_batch,
-        p=w.act,
-        seq_len=setup.seq_len,
+        key,
+        lambda: block_activations(
+            arch,
+            trainable=trainable,
+            adapters=arch.lora_targets(setup.lora_targets) if setup.adapters else (),
+            lora_rank=setup.lora_rank,
+            quantized=setup.tuner == "qlora",
+            lora_dropout=effective_dropout(arch, setup),
+            dora=setup.dora,
+            attn=setup.attn,
+            micro_batch=setup.micro_batch,
+            p=w.act,
+            seq_len=setup.seq_len,
+        ),
     )
-    if len(_BLOCKS) > 4096:
-        _BLOCKS.clear()
-    _BLOCKS[key] = (arch, blocks)
-    return blocks

@@ -106,11 +106,8 @@ def per_call_seconds(arch: Architecture, setup: Setup) -> float:
     passes = 3 if setup.grad_ckpt else 2
     adapted = len(arch.lora_targets(setup.lora_targets)) * arch.layers
     seconds = adapted * passes * ADAPTER_CALL_S
-    if setup.tuner == "qlora" and setup.quant == "nf4" and arch.layer_linear_params:
-        # Fused experts stay 16-bit; unfused ones are one 4-bit linear per expert (each sees tokens at
-        # training batch sizes).
-        per_layer = sum(lin.copies for lin in arch.block if not (arch.fused_experts and lin.copies > 1))
-        seconds += arch.layers * per_layer * passes * NF4_CALL_S
+    if setup.tuner == "qlora" and setup.quant == "nf4":  # each unfused expert sees tokens at training batches
+        seconds += arch.quantized_linears * passes * NF4_CALL_S
     return seconds
 
 
